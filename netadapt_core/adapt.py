@@ -1,0 +1,382 @@
+"""NetAdapt's Algorithm 1, as functions over checkpoint paths and small records.
+
+    net_0 = pretrained; i = 0
+    while resource(net_i) > budget:
+        target_i = resource(net_i) - delta_i
+        for each prunable group k:                       # plan_proposals (LUT only)
+            choose the fewest filters of k to remove so that LUT(net) <= target_i
+            prune them (lowest L2 norm first), short-term fine-tune, score on holdout  # run_proposal
+        net_{i+1} = the best proposal                    # pick_best
+        measure it, save it (checkpoint + record)         # commit_iteration
+    return the family net_1 ... net_n
+
+``resource(net_i)`` is the directly measured latency; a proposal's latency is that measurement
+plus the LUT's difference between the proposal and net_i, so the LUT's absolute error cancels.
+
+Each step takes and returns paths and plain records so that an orchestrator (Prefect) can run the
+proposals in parallel and cache them; ``adapt`` below runs them in sequence.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .checkpoint import (
+    Architecture,
+    atomic_write_json,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import ConfigError, Params
+from .data import DataBundle, load_data
+from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
+from .platforms import make_platform
+from .schedule import budget_met, budget_ms, reduction_ms
+from .surgery import prunable_groups, prune_group
+from .training import evaluate, train
+
+STATE_FILE = "state.json"
+MAX_HALVINGS = 3  # an iteration whose step no group can take retries with half the step
+
+
+class BudgetUnreachableError(RuntimeError):
+    """No network the LUT grid allows can meet the budget."""
+
+
+@dataclass(frozen=True)
+class ProposalPlan:
+    """What one proposal will do: remove ``n_remove`` filters of group ``group`` (LUT says enough)."""
+
+    iteration: int
+    group: str
+    channels_before: int
+    channels_after: int
+    estimated_ms: float
+    seed: int
+
+    @property
+    def n_remove(self) -> int:
+        return self.channels_before - self.channels_after
+
+
+@dataclass(frozen=True)
+class ProposalResult:
+    plan: ProposalPlan
+    checkpoint: str
+    holdout_accuracy: float
+    train_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.plan), "checkpoint": self.checkpoint,
+                "holdout_accuracy": self.holdout_accuracy, "train_seconds": self.train_seconds}
+
+
+@dataclass
+class Context:
+    """What every step needs: settings, data, platform, LUT-backed estimator."""
+
+    params: Params
+    data: DataBundle
+    estimator: LatencyEstimator
+    log: Callable[[str], None] = print
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.data.input_shape
+
+    @property
+    def platform(self):
+        return self.estimator.platform
+
+
+def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs and parameter count (Torch-Pruning's counter)."""
+    macs, n_params = tp.utils.count_ops_and_params(model, example_inputs=torch.zeros(1, *input_shape))
+    return {"macs": int(macs), "params": int(n_params)}
+
+
+def open_estimator(params: Params, arch: Architecture, input_shape: tuple[int, ...]) -> LatencyEstimator:
+    """Load the LUT and check it was measured on this platform for this network."""
+    platform = make_platform(params.platform)
+    lut = LatencyLUT.load(params.lut.path)
+    lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
+    return LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing, params.lut.path)
+
+
+def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
+    data = load_data(params.data)
+    _, arch, _ = load_checkpoint(params.pretrain.checkpoint)
+    return Context(params, data, open_estimator(params, arch, data.input_shape), log)
+
+
+def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current_ms: float, target: float) -> list[ProposalPlan]:
+    """One plan per group that can meet ``target``: the fewest filters (grid multiples) that do.
+
+    A group's latency falls as it loses filters, so the search is a bisection over its grid. Groups
+    already at their minimum, or unable to reach the target even there, make no proposal.
+    """
+    base_sum = ctx.estimator.layer_sum_ms(parent)
+    grid = ctx.estimator.lut.grid
+    plans = []
+    for index, group in enumerate(prunable_groups(parent, ctx.input_shape)):
+        g = grid.get(group.id)
+        if g is None:
+            raise ConfigError(f"group {group.id} is not in the LUT grid; rebuild the LUT for this network")
+        options = [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
+        if not options:
+            continue
+        cache: dict[int, float] = {}
+
+        def estimate(channels: int) -> float:
+            if channels not in cache:
+                variant = copy.deepcopy(parent)
+                prune_group(variant, group.id, group.channels - channels, ctx.input_shape)
+                cache[channels] = current_ms - (base_sum - ctx.estimator.layer_sum_ms(variant))
+            return cache[channels]
+
+        if estimate(options[-1]) > target:
+            continue
+        lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if estimate(options[mid]) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        seed = ctx.params.adapt.seed + 1000 * iteration + index
+        plans.append(ProposalPlan(iteration, group.id, group.channels, options[hi], estimate(options[hi]), seed))
+    ctx.estimator.save()
+    return plans
+
+
+def run_proposal(ctx: Context, parent_checkpoint: str, plan: ProposalPlan, out_path: str) -> ProposalResult:
+    """Prune the plan's filters from the parent, fine-tune short-term, score on the holdout set."""
+    model, arch, _ = load_checkpoint(parent_checkpoint)
+    prune_group(model, plan.group, plan.n_remove, ctx.input_shape, ctx.params.adapt.importance)
+    cfg = ctx.params.adapt
+    stats = train(model, ctx.data.train, cfg, cfg.short_term_steps, seed=plan.seed)
+    accuracy = evaluate(model, ctx.data.holdout, threads=cfg.threads)
+    save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
+    return ProposalResult(plan, out_path, accuracy, stats.seconds)
+
+
+def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, parent_ms: float) -> ProposalResult:
+    """The paper's rule: highest holdout accuracy (ties: lower latency, then group name).
+
+    ``accuracy_per_latency`` instead picks the smallest accuracy loss per ms removed.
+    """
+    if not results:
+        raise ValueError("no proposals to pick from")
+    if rule == "accuracy":
+        return min(results, key=lambda r: (-r.holdout_accuracy, r.plan.estimated_ms, r.plan.group))
+
+    def loss_per_ms(r: ProposalResult) -> float:
+        return (parent_accuracy - r.holdout_accuracy) / max(parent_ms - r.plan.estimated_ms, 1e-6)
+
+    return min(results, key=lambda r: (loss_per_ms(r), r.plan.estimated_ms, r.plan.group))
+
+
+def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None) -> dict[str, float]:
+    """Direct and LUT latency, MACs and parameters of one network.
+
+    With ``reference`` (a baseline record), the network is timed interleaved with the baseline
+    network and ``measured_ms`` is the measured ratio times the baseline's recorded latency: drift
+    in machine speed between the two measurements cancels, so a budget set as a share of the start
+    is checked reliably.
+    """
+    if reference is None:
+        measured = {"measured_ms": ctx.platform.measure_network(model, ctx.input_shape).median_ms}
+    else:
+        baseline, _, _ = load_checkpoint(reference["checkpoint"])
+        own, ref = ctx.platform.measure_networks([model, baseline], ctx.input_shape)
+        measured = {
+            "measured_ms": own.median_ms / ref.median_ms * reference["measured_ms"],
+            "measured_raw_ms": own.median_ms,
+            "reference_raw_ms": ref.median_ms,
+        }
+    return {**measured, "lut_ms": ctx.estimator.estimate_ms(model), **model_stats(model, ctx.input_shape)}
+
+
+@dataclass
+class RunState:
+    """``state.json`` of an adaptation run directory: rewritten atomically after each iteration."""
+
+    config_hash: str
+    pretrained_sha256: str
+    baseline: dict[str, Any]
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+
+    @property
+    def start_ms(self) -> float:
+        return self.baseline["measured_ms"]
+
+    @property
+    def current(self) -> dict[str, Any]:
+        return self.iterations[-1] if self.iterations else self.baseline
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_json(run_dir / STATE_FILE, asdict(self))
+
+
+def adapt_config_hash(params: Params) -> str:
+    """What an adaptation's result depends on (not ``adapt.fresh``, not max_iterations)."""
+    adapt = params.adapt.model_dump(exclude={"fresh", "max_iterations", "run_dir"})
+    payload = {
+        "adapt": adapt,
+        "other": params.section_hash("data", "model", "platform"),
+        "lut": params.lut.model_dump(include={"channel_step", "min_channel_ratio"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_run(ctx: Context) -> tuple[Path, RunState]:
+    """Resume the run in ``adapt.run_dir`` if its settings match, else start one (keeping old runs)."""
+    params = ctx.params
+    run_dir = Path(params.adapt.run_dir)
+    config_hash = adapt_config_hash(params)
+    pretrained_sha = file_sha256(params.pretrain.checkpoint)
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file():
+        old = RunState(**json.loads(state_path.read_text()))
+        same = old.config_hash == config_hash and old.pretrained_sha256 == pretrained_sha
+        if same and not params.adapt.fresh:
+            ctx.log(f"resuming {run_dir}: {len(old.iterations)} iteration(s) done")
+            return run_dir, old
+        if not params.adapt.fresh:
+            raise ConfigError(
+                f"{run_dir} holds an adaptation with other settings or another pretrained network "
+                f"(hash {old.config_hash}, now {config_hash}). Fix: set adapt.fresh=true to start over "
+                "(the old run is kept beside it), or choose another adapt.run_dir."
+            )
+        kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(kept)
+        ctx.log(f"fresh start: previous run moved to {kept}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} exists but has no {STATE_FILE}; move it away or pick another adapt.run_dir")
+    model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    baseline_ckpt = run_dir / "iter_000.pt"  # copied there once the run is known to be feasible
+    baseline = {
+        "iteration": 0,
+        "checkpoint": str(baseline_ckpt),
+        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads),
+        **measure_point(ctx, model),
+    }
+    check_reachable(ctx, model, budget_ms(baseline["measured_ms"], params.adapt), baseline)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(params.pretrain.checkpoint, baseline_ckpt)
+    state = RunState(config_hash, pretrained_sha, baseline)
+    state.save(run_dir)
+    return run_dir, state
+
+
+def check_reachable(ctx: Context, model: nn.Module, budget: float, baseline: dict[str, Any]) -> None:
+    """Fail before any training if even the smallest network the grid allows misses the budget."""
+    smallest = copy.deepcopy(model)
+    for group in prunable_groups(smallest, ctx.input_shape):
+        g = ctx.estimator.lut.grid[group.id]
+        floor = channel_grid(g["original"], g["step"], g["min"])[-1]
+        if floor < group.channels:
+            prune_group(smallest, group.id, group.channels - floor, ctx.input_shape)
+    floor_ms = baseline["measured_ms"] - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest))
+    ctx.estimator.save()
+    if floor_ms > budget:
+        raise BudgetUnreachableError(
+            f"budget {budget:.3f} ms is unreachable: with every layer at its minimum width "
+            f"(lut.min_channel_ratio={ctx.params.lut.min_channel_ratio}) the LUT estimates {floor_ms:.3f} ms "
+            f"(start {baseline['measured_ms']:.3f} ms). Fix: raise adapt.budget_ratio / adapt.budget_ms, or "
+            "lower lut.min_channel_ratio and rebuild the LUT."
+        )
+
+
+def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: ProposalResult,
+                     proposals: list[ProposalResult], target: float, seconds: float) -> dict[str, Any]:
+    """Keep the picked proposal as net_{i+1}: move its checkpoint, measure it, record it atomically."""
+    iteration = best.plan.iteration + 1
+    final_ckpt = run_dir / f"iter_{iteration:03d}.pt"
+    Path(best.checkpoint).replace(final_ckpt)
+    model, _, _ = load_checkpoint(final_ckpt)
+    record = {
+        "iteration": iteration,
+        "group": best.plan.group,
+        "channels_before": best.plan.channels_before,
+        "channels_after": best.plan.channels_after,
+        "filters_removed": best.plan.n_remove,
+        "target_ms": target,
+        "estimated_ms": best.plan.estimated_ms,
+        "holdout_accuracy": best.holdout_accuracy,
+        "checkpoint": str(final_ckpt),
+        "checkpoint_sha256": file_sha256(final_ckpt),
+        "proposals": [dict(p.to_dict(), picked=p is best) for p in proposals],
+        "seconds": seconds,
+        **measure_point(ctx, model, state.baseline),
+    }
+    state.iterations.append(record)
+    ctx.estimator.save()
+    state.save(run_dir)
+    shutil.rmtree(run_dir / "proposals", ignore_errors=True)
+    return record
+
+
+def adapt(ctx: Context) -> RunState:
+    """Run (or resume) the adaptation loop until the budget is met; returns the run's state."""
+    cfg = ctx.params.adapt
+    run_dir, state = open_run(ctx)
+    budget = budget_ms(state.start_ms, cfg)
+    ctx.log(f"start {state.start_ms:.3f} ms measured, budget {budget:.3f} ms")
+
+    def reached() -> bool:
+        current = state.current
+        return budget_met(current["measured_ms" if cfg.stop_on == "measured" else "lut_ms"], state.start_ms, cfg)
+
+    while not reached() and len(state.iterations) < cfg.max_iterations:
+        started = time.perf_counter()
+        i = len(state.iterations)
+        current = state.current
+        parent, _, _ = load_checkpoint(current["checkpoint"])
+        reduction = reduction_ms(i, state.start_ms, cfg)
+        for _ in range(MAX_HALVINGS + 1):
+            target = current["measured_ms"] - reduction
+            plans = plan_proposals(ctx, parent, i, current["measured_ms"], target)
+            if plans:
+                break
+            ctx.log(f"iteration {i + 1}: no layer alone can remove {reduction:.3f} ms; halving the step")
+            reduction /= 2
+        if not plans:
+            state.status = "stuck"
+            state.save(run_dir)
+            raise BudgetUnreachableError(
+                f"iteration {i + 1}: no layer can remove even {reduction * 2:.3f} ms "
+                f"(network at {current['measured_ms']:.3f} ms, budget {budget:.3f} ms). The {i} finished "
+                f"iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
+            )
+        results = []
+        for plan in plans:
+            out = run_dir / "proposals" / f"{i + 1:03d}" / f"{plan.group}.pt"
+            results.append(run_proposal(ctx, current["checkpoint"], plan, str(out)))
+        best = pick_best(results, cfg.pick, current["holdout_accuracy"], current["measured_ms"])
+        record = commit_iteration(ctx, run_dir, state, best, results, target, time.perf_counter() - started)
+        ctx.log(
+            f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
+            f"{record['channels_after']}  target {target:.3f}  lut {record['lut_ms']:.3f}  measured "
+            f"{record['measured_ms']:.3f} ms  holdout {record['holdout_accuracy']:.4f}  "
+            f"({len(results)} proposals, {record['seconds']:.0f}s)"
+        )
+    state.status = "done" if reached() else "max_iterations"
+    state.save(run_dir)
+    if state.status != "done":
+        ctx.log(f"warning: stopped after {cfg.max_iterations} iterations without meeting the budget")
+    return state

@@ -1,0 +1,269 @@
+"""Settings for every stage, read from ``params.yaml`` and validated before any work starts.
+
+``params.yaml`` has one section per stage (data, model, pretrain, platform, lut, adapt, finetune,
+report). Each section is a pydantic model that forbids unknown keys, so a typo fails loudly with the
+key's dotted path and what is allowed. Overrides use the same dotted paths::
+
+    params = load_params("params.yaml", ["adapt.budget_ratio=0.6", "platform.threads=2"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A settings file or override is wrong; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which images, where they live, and how the training set is split."""
+
+    dataset: Literal["fashion_mnist", "cifar10", "imagefolder"] = "fashion_mnist"
+    root: str = Field("data", description="folder for downloaded / unpacked data sets")
+    debian_dir: str = Field(
+        "/usr/share/datasets/fashion-mnist",
+        description="gzipped IDX files of Debian's dataset-fashion-mnist package",
+    )
+    download: bool = Field(False, description="download through torchvision when the files are missing")
+    image_folder: str | None = Field(
+        None, description="imagefolder only: a folder with train/ and test/ class sub-folders"
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="resize images to this square size (None: keep the data set's own)"
+    )
+    holdout_size: int = Field(
+        1000, ge=1, description="images carved from the training set to score proposals"
+    )
+    train_subset: int | None = Field(None, ge=1, description="use only this many training images")
+    test_subset: int | None = Field(None, ge=1, description="use only this many test images")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_path(self) -> DataConfig:
+        if self.dataset == "imagefolder" and not self.image_folder:
+            raise ValueError("dataset 'imagefolder' needs data.image_folder: a folder with train/ and test/")
+        return self
+
+
+def _registered(kind: str, name: str) -> str:
+    """Check ``name`` against a registry (imported late: the registries import this module)."""
+    if kind == "model":
+        from .models import MODELS as registry
+    elif kind == "platform":
+        from .platforms import PLATFORMS as registry
+    else:
+        from .importance import IMPORTANCE as registry
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(registry.names())}")
+    return name
+
+
+class ModelConfig(_Section):
+    """Architecture of the starting network, by registry name plus its keyword arguments."""
+
+    name: str = "mobilenet_v1"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _registered("model", name)
+    width_mult: float = Field(1.0, gt=0, le=4)
+    first_stride: int = Field(1, ge=1, le=4, description="stride of the stem conv; 1 suits 28-32 px")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Shared SGD settings."""
+
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(4e-5, ge=0)
+    threads: int = Field(2, ge=1, description="torch threads while training")
+    seed: int = 0
+
+
+class PretrainConfig(TrainConfig):
+    epochs: float = Field(2.0, gt=0, description="may be fractional: 0.5 is half an epoch")
+    checkpoint: str = "artifacts/pretrained.pt"
+
+
+class PlatformConfig(_Section):
+    """Where latency is measured and how."""
+
+    name: str = "torch-cpu"
+    threads: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    dtype: Literal["float32"] = "float32"
+    warmup: int = Field(10, ge=0, description="untimed calls before timing")
+    repeats: int = Field(21, ge=3, description="timed samples; the median is kept")
+    min_sample_ms: float = Field(
+        0.5, gt=0, description="each sample loops the layer until it lasts this long (timer noise)"
+    )
+    network_repeats: int = Field(61, ge=3, description="timed samples for a whole network")
+
+    @field_validator("name")
+    @classmethod
+    def _known_platform(cls, name: str) -> str:
+        return _registered("platform", name)
+
+
+class LutConfig(_Section):
+    path: str = "artifacts/lut.json"
+    channel_step: int = Field(8, ge=1, description="filters are removed in multiples of this")
+    min_channel_ratio: float = Field(
+        0.125, gt=0, le=1, description="a layer keeps at least this share of its original filters"
+    )
+    remeasure_rounds: int = Field(2, ge=0, description="re-measure non-monotonic entries this often")
+    monotonic_tolerance: float = Field(0.05, ge=0, description="relative dip that counts as non-monotonic")
+    measure_missing: bool = Field(
+        True, description="measure signatures the LUT lacks during adaptation (else: fail)"
+    )
+    check_networks: list[float] = Field(
+        default_factory=lambda: [1.0, 0.75, 0.5],
+        description="lut --check: uniform width ratios of the pretrained network to compare",
+    )
+
+
+class AdaptConfig(TrainConfig):
+    """The NetAdapt loop: schedule, budget, proposals."""
+
+    run_dir: str = "runs/adapt"
+    budget_ratio: float | None = Field(0.5, gt=0, lt=1, description="budget as a share of the start")
+    budget_ms: float | None = Field(None, gt=0, description="absolute budget in ms (overrides ratio)")
+    initial_reduction_ratio: float | None = Field(0.1, gt=0, lt=1)
+    initial_reduction_ms: float | None = Field(None, gt=0)
+    reduction_decay: float = Field(0.96, gt=0, le=1, description="delta_i = delta_0 * decay**i")
+    max_iterations: int = Field(30, ge=1)
+    short_term_steps: int = Field(20, ge=0, description="SGD steps of short-term fine-tuning")
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    importance: str = "l2_norm"
+    pick: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
+    stop_on: Literal["measured", "lut"] = Field(
+        "measured", description="which latency must meet the budget to stop"
+    )
+    fresh: bool = Field(False, description="discard an existing run_dir instead of resuming it")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, name: str) -> str:
+        return _registered("importance criterion", name)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> AdaptConfig:
+        if self.budget_ms is None and self.budget_ratio is None:
+            raise ValueError("set adapt.budget_ratio (share of the start latency) or adapt.budget_ms")
+        if self.initial_reduction_ms is None and self.initial_reduction_ratio is None:
+            raise ValueError("set adapt.initial_reduction_ratio or adapt.initial_reduction_ms")
+        return self
+
+
+class FinetuneConfig(TrainConfig):
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(0.02, gt=0)
+    points: Literal["final", "all"] = Field("final", description="which trade-off points to fine-tune")
+    out_dir: str = "artifacts/finetuned"
+
+
+class ReportConfig(_Section):
+    metrics: str = "reports/metrics.json"
+    tradeoff: str = "reports/tradeoff.csv"
+    lut_check: str = "reports/lut_check.csv"
+
+
+class Params(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    lut: LutConfig = Field(default_factory=LutConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Short content hash of the named sections: what a cached result depends on."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override {assignment!r}: the key must be section.key, e.g. adapt.budget_ratio")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see params.yaml for the known keys)"
+        lines.append(f"  {where}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Read and validate settings.
+
+    Args:
+        path: a YAML file; None means the built-in defaults.
+        overrides: ``section.key=value`` strings applied on top (values parsed as YAML).
+    Raises:
+        ConfigError: the file is missing or malformed, or a value is not allowed.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"settings file {file} does not exist (pass --params with a params.yaml)")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file} must hold a mapping of sections (data:, model:, ...)")
+        tree = loaded or {}
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+        source += f" + --set {assignment}"
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def with_overrides(params: Params, overrides: list[str]) -> Params:
+    """A validated copy of ``params`` with ``section.key=value`` overrides applied."""
+    tree = params.model_dump(mode="json")
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "overrides " + " ".join(overrides))) from None

@@ -1,0 +1,331 @@
+"""Layer-wise latency lookup table (LUT), measured on the target platform.
+
+Each entry is keyed by a layer *signature* (type, settings, channels, input shape, dtype), so
+identical layers share one measurement. A network's estimate is the sum of its layers' entries plus
+``rest_ms``: what the table cannot see (the residual adds, the Python between layers), measured once
+as the starting network's direct latency minus its layer sum.
+
+``build_lut`` measures, for every prunable group, every channel count an adaptation can reach by
+pruning that group alone (a grid with ``lut.channel_step`` spacing down to
+``lut.min_channel_ratio``). Combinations met later during adaptation are measured on demand by
+``LatencyEstimator`` (``lut.measure_missing``) and saved into the same file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import Architecture, atomic_write_json
+from .config import LutConfig
+from .layers import layer_kind, leaf_modules, signature
+from .surgery import prunable_groups, prune_group
+
+LUT_FORMAT = "netadapt-lut/1"
+
+
+class LutError(RuntimeError):
+    """The LUT is corrupt, from another platform or network, or lacks entries."""
+
+
+@dataclass(frozen=True)
+class LayerUse:
+    """One call of a leaf layer in a forward pass, with its LUT key."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    signature: str
+
+
+def layer_uses(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, dtype=torch.float32) -> list[LayerUse]:
+    """Every leaf-layer call of one forward pass of ``model`` on (batch_size, *input_shape)."""
+    uses: list[LayerUse] = []
+    hooks = []
+    for name, module in leaf_modules(model):
+        layer_kind(module, name)  # raises UnsupportedLayerError early
+
+        def record(mod, args, _name=name):
+            shape = (batch_size, *args[0].shape[1:])
+            uses.append(LayerUse(_name, mod, shape, signature(mod, shape, dtype)))
+
+        hooks.append(module.register_forward_pre_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return uses
+
+
+def network_fingerprint(arch: Architecture, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"arch": arch.to_dict(), "input_shape": list(input_shape)}
+
+
+def channel_grid(original: int, step: int, min_channels: int) -> list[int]:
+    """Reachable channel counts of a group, largest first: original, original-step, ... >= min."""
+    return list(range(original, min_channels - 1, -step)) or [original]
+
+
+def min_channels(original: int, ratio: float) -> int:
+    return max(1, math.ceil(original * ratio))
+
+
+class LatencyLUT:
+    """The table itself: platform metadata, network fingerprint, grid, entries, rest term."""
+
+    def __init__(
+        self,
+        platform: dict[str, Any],
+        network: dict[str, Any],
+        grid: dict[str, dict[str, int]],
+        entries: dict[str, dict[str, Any]] | None = None,
+        rest_ms: float | None = None,
+        environment: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        self.platform = platform
+        self.network = network
+        self.grid = grid
+        self.entries = entries or {}
+        self.rest_ms = rest_ms
+        self.environment = environment or {}
+        self.stats = stats or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LUT_FORMAT,
+            "platform": self.platform,
+            "network": self.network,
+            "grid": self.grid,
+            "rest_ms": self.rest_ms,
+            "environment": self.environment,
+            "stats": self.stats,
+            "entries": self.entries,
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyLUT:
+        path = Path(path)
+        if not path.is_file():
+            raise LutError(f"LUT {path} does not exist; build it with `netadapt lut`")
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != LUT_FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}, expected {LUT_FORMAT!r}")
+            for entry in raw["entries"].values():
+                if not (isinstance(entry["ms"], (int, float)) and entry["ms"] >= 0):
+                    raise ValueError(f"bad entry {entry!r}")
+            return cls(
+                raw["platform"], raw["network"], raw["grid"], raw["entries"], raw["rest_ms"],
+                raw.get("environment"), raw.get("stats"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LutError(
+                f"LUT {path} is corrupt ({type(exc).__name__}: {exc}). Fix: delete it and rebuild with "
+                "`netadapt lut`, or restore it with `dvc checkout`."
+            ) from None
+
+    def check_compatible(self, platform_meta: dict[str, Any], network: dict[str, Any], where: str = "") -> None:
+        """Refuse a table measured on another platform or for another network."""
+        if self.platform != platform_meta:
+            diff = {
+                k: (self.platform.get(k), platform_meta.get(k))
+                for k in sorted(set(self.platform) | set(platform_meta))
+                if self.platform.get(k) != platform_meta.get(k)
+            }
+            raise LutError(
+                f"LUT {where} was measured on another platform (key: LUT value, this run): {diff}. "
+                "Fix: rebuild it with `netadapt lut`, or set lut.path to a table for this platform."
+            )
+        if self.network != network:
+            raise LutError(
+                f"LUT {where} was built for network {self.network}, but this run adapts {network}. "
+                "Fix: rebuild it with `netadapt lut` for this model, or set lut.path accordingly."
+            )
+
+    def record(self, sig: str, measurement) -> None:
+        """Store a measurement; repeated rounds keep the lowest median (CPU noise only adds time)."""
+        new = measurement.to_dict()
+        old = self.entries.get(sig)
+        if old is not None and old["ms"] <= new["ms"]:
+            old["rounds"] = old.get("rounds", 1) + 1
+            return
+        new["rounds"] = (old or {}).get("rounds", 0) + 1
+        self.entries[sig] = new
+
+    def layer_sum_ms(self, uses: list[LayerUse]) -> float:
+        missing = [u.signature for u in uses if u.signature not in self.entries]
+        if missing:
+            raise LutError(
+                f"LUT lacks {len(missing)} layer signature(s), e.g. {missing[0]}. Fix: enable "
+                "lut.measure_missing, or rebuild the LUT with `netadapt lut` for this network."
+            )
+        return sum(self.entries[u.signature]["ms"] for u in uses)
+
+
+class LatencyEstimator:
+    """Estimates a network's latency from the LUT, measuring missing signatures when allowed."""
+
+    def __init__(self, lut: LatencyLUT, platform, input_shape: tuple[int, ...], measure_missing: bool,
+                 path: str | Path | None = None) -> None:
+        self.lut = lut
+        self.platform = platform
+        self.input_shape = tuple(input_shape)
+        self.measure_missing = measure_missing
+        self.path = path
+        self.measured_on_demand = 0
+
+    def uses(self, model: nn.Module) -> list[LayerUse]:
+        return layer_uses(model, self.input_shape, self.platform.cfg.batch_size, self.platform.dtype)
+
+    def fill(self, uses: list[LayerUse]) -> int:
+        """Measure the signatures of ``uses`` the table lacks; returns how many were measured."""
+        todo = {u.signature: u for u in uses if u.signature not in self.lut.entries}
+        if todo and not self.measure_missing:
+            return 0
+        for sig, use in todo.items():
+            self.lut.record(sig, self.platform.measure_layer(copy.deepcopy(use.module), use.input_shape))
+        self.measured_on_demand += len(todo)
+        return len(todo)
+
+    def layer_sum_ms(self, model: nn.Module) -> float:
+        uses = self.uses(model)
+        self.fill(uses)
+        return self.lut.layer_sum_ms(uses)
+
+    def estimate_ms(self, model: nn.Module) -> float:
+        if self.lut.rest_ms is None:
+            raise LutError("LUT has no rest term; rebuild it with `netadapt lut`")
+        return self.layer_sum_ms(model) + self.lut.rest_ms
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.lut.save(self.path)
+
+
+def _non_monotonic(lut: LatencyLUT, series: dict[Any, list[tuple[int, str]]], tolerance: float) -> set[str]:
+    """Signatures where more channels measured faster than fewer, beyond ``tolerance``."""
+    suspects: set[str] = set()
+    for points in series.values():
+        points = sorted(points)
+        for (_, small), (_, large) in zip(points, points[1:]):
+            if small == large:
+                continue
+            if lut.entries[large]["ms"] < lut.entries[small]["ms"] * (1 - tolerance):
+                suspects.update((small, large))
+    return suspects
+
+
+def build_lut(
+    model: nn.Module,
+    arch: Architecture,
+    input_shape: tuple[int, ...],
+    platform,
+    cfg: LutConfig,
+    existing: LatencyLUT | None = None,
+    log: Callable[[str], None] = print,
+) -> LatencyLUT:
+    """Measure the LUT for ``model``: every layer at every grid point of every group, then ``rest_ms``.
+
+    Entries of ``existing`` (same platform and network) are reused, so an interrupted build resumes.
+    """
+    started = time.perf_counter()
+    meta = platform.metadata()
+    network = network_fingerprint(arch, input_shape)
+    groups = prunable_groups(model, input_shape)
+    grid = {
+        g.id: {"original": g.channels, "min": min_channels(g.channels, cfg.min_channel_ratio), "step": cfg.channel_step}
+        for g in groups
+    }
+    lut = existing or LatencyLUT(meta, network, grid)
+    lut.check_compatible(meta, network, "(existing)")
+    lut.grid = grid
+    estimator = LatencyEstimator(lut, platform, input_shape, measure_missing=True)
+    base_uses = estimator.uses(model)
+    base_sig = {u.name: u.signature for u in base_uses}
+    series: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    remeasure: dict[str, _LayerRecipe] = {}
+    templates = dict(model.named_modules())
+    variants = 0
+    estimator.fill(base_uses)
+    for group in groups:
+        variant = copy.deepcopy(model)
+        current = group.channels
+        for channels in channel_grid(group.channels, cfg.channel_step, grid[group.id]["min"]):
+            if channels < current:
+                prune_group(variant, group.id, current - channels, input_shape)
+                current = channels
+            uses = estimator.uses(variant)
+            estimator.fill(uses)
+            variants += 1
+            for use in uses:
+                if use.signature != base_sig.get(use.name) or channels == group.channels:
+                    series[(group.id, use.name)].append((channels, use.signature))
+                    remeasure.setdefault(use.signature, _LayerRecipe.of(use))
+        log(f"  lut: group {group.id} ({group.channels} ch) done, {len(lut.entries)} entries")
+    suspects = _non_monotonic(lut, series, cfg.monotonic_tolerance)
+    first_suspects = len(suspects)
+    for _ in range(cfg.remeasure_rounds):
+        if not suspects:
+            break
+        for sig in sorted(suspects):
+            module, shape = _fresh_layer(remeasure[sig], templates)
+            lut.record(sig, platform.measure_layer(module, shape))
+        suspects = _non_monotonic(lut, series, cfg.monotonic_tolerance)
+    pairs = sum(max(len(set(s for _, s in p)) - 1, 0) for p in series.values())
+    network_ms = platform.measure_network(model, input_shape).median_ms
+    lut.rest_ms = network_ms - lut.layer_sum_ms(base_uses)
+    lut.environment = platform.environment()
+    lut.stats = {
+        "entries": len(lut.entries),
+        "variants": variants,
+        "neighbour_pairs": pairs,
+        "non_monotonic_first": first_suspects,
+        "non_monotonic_after_remeasure": len(suspects),
+        "network_ms": network_ms,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    log(
+        f"  lut: {len(lut.entries)} entries, network {network_ms:.3f} ms, rest {lut.rest_ms:.3f} ms, "
+        f"non-monotonic signatures {first_suspects} -> {len(suspects)} after re-measuring"
+    )
+    return lut
+
+
+@dataclass(frozen=True)
+class _LayerRecipe:
+    """Enough to rebuild a measured layer later without keeping its weights alive."""
+
+    name: str
+    channels: dict[str, int] | None
+    input_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, use: LayerUse) -> _LayerRecipe:
+        kind = layer_kind(use.module, use.name)
+        return cls(use.name, kind.channels(use.module) if kind else None, use.input_shape)
+
+
+def _fresh_layer(recipe: _LayerRecipe, templates: dict[str, nn.Module]) -> tuple[nn.Module, tuple[int, ...]]:
+    template = templates[recipe.name]
+    if recipe.channels is None:
+        return copy.deepcopy(template), recipe.input_shape
+    return layer_kind(template, recipe.name).rebuild(template, recipe.channels), recipe.input_shape

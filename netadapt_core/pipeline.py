@@ -1,0 +1,238 @@
+"""The pipeline's stages as plain functions of the settings: pretrain, lut, lut check, adapt,
+finetune, report. The CLI, DVC stages and orchestrators call these; each reads and writes files
+named in ``params.yaml`` and returns a small JSON-able record.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .adapt import STATE_FILE, Context, RunState, adapt, make_context, measure_point, model_stats
+from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
+from .config import Params
+from .data import describe_data, load_data
+from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, channel_grid, network_fingerprint
+from .platforms import make_platform
+from .schedule import budget_ms
+from .surgery import prunable_groups, prune_group
+from .training import evaluate, steps_for_epochs, train
+
+Log = Callable[[str], None]
+
+
+def architecture(params: Params) -> tuple[Architecture, tuple[int, int, int]]:
+    """The starting network's architecture and input shape (C, H, W), from the settings alone."""
+    in_channels, size, num_classes = describe_data(params.data)
+    m = params.model
+    kwargs = {
+        "num_classes": num_classes, "in_channels": in_channels, "width_mult": m.width_mult,
+        "first_stride": m.first_stride, "dropout": m.dropout,
+    }
+    return Architecture(m.name, kwargs), (in_channels, size, size)
+
+
+def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
+    """Train the starting network from scratch; skipped when the checkpoint matches the settings."""
+    cfg = params.pretrain
+    config_hash = params.section_hash("data", "model", "pretrain")
+    path = Path(cfg.checkpoint)
+    if path.is_file():
+        try:
+            _, _, meta = load_checkpoint(path)
+        except Exception:  # a damaged file is simply re-made
+            meta = {}
+        if meta.get("config_hash") == config_hash:
+            log(f"pretrain: {path} is up to date (test accuracy {meta['test_accuracy']:.4f})")
+            return meta
+    arch, input_shape = architecture(params)
+    data = load_data(params.data)
+    model = arch.build()
+    steps = steps_for_epochs(data.train, cfg.batch_size, cfg.epochs)
+    log(f"pretrain: {arch.name} on {params.data.dataset}, {len(data.train)} images, {steps} steps")
+    stats = train(model, data.train, cfg, steps, seed=cfg.seed, cosine=True)
+    meta = {
+        "config_hash": config_hash,
+        "input_shape": list(input_shape),
+        "test_accuracy": evaluate(model, data.test, threads=cfg.threads),
+        "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads),
+        "steps": steps,
+        "seconds": round(stats.seconds, 1),
+        **model_stats(model, input_shape),
+    }
+    save_checkpoint(path, model, arch, meta)
+    log(f"pretrain: test accuracy {meta['test_accuracy']:.4f} in {stats.seconds:.0f}s -> {path}")
+    return meta
+
+
+def run_lut(params: Params, log: Log = print) -> dict[str, Any]:
+    """Measure the latency LUT of the configured architecture on the configured platform.
+
+    Entries of an existing compatible table are kept (an interrupted build resumes); an
+    incompatible one is replaced.
+    """
+    arch, input_shape = architecture(params)
+    platform = make_platform(params.platform)
+    existing = None
+    if Path(params.lut.path).is_file():
+        try:
+            existing = LatencyLUT.load(params.lut.path)
+            existing.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape))
+        except LutError as exc:
+            log(f"lut: not reusing {params.lut.path}: {exc}")
+            existing = None
+    log(f"lut: measuring {arch.name} {input_shape} on {platform.name} {platform.metadata()}")
+    lut = build_lut(arch.build().eval(), arch, input_shape, platform, params.lut, existing, log)
+    lut.save(params.lut.path)
+    return lut.stats
+
+
+def uniform_variant(model, input_shape, grid: dict[str, dict[str, int]], ratio: float):
+    """A copy of ``model`` with every group cut to the grid width nearest ``ratio`` of the original."""
+    variant = copy.deepcopy(model)
+    for group in prunable_groups(variant, input_shape):
+        g = grid[group.id]
+        options = channel_grid(g["original"], g["step"], g["min"])
+        want = min(options, key=lambda c: abs(c - ratio * g["original"]))
+        if want < group.channels:
+            prune_group(variant, group.id, group.channels - want, input_shape)
+    return variant
+
+
+def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
+    """Compare LUT estimates with direct measurements on several networks; writes a CSV."""
+    arch, input_shape = architecture(params)
+    platform = make_platform(params.platform)
+    lut = LatencyLUT.load(params.lut.path)
+    lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
+    estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing, params.lut.path)
+    start = load_checkpoint(params.pretrain.checkpoint)[0] if Path(params.pretrain.checkpoint).is_file() else arch.build()
+    networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
+                for ratio in params.lut.check_networks]
+    state_path = Path(params.adapt.run_dir) / STATE_FILE
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        for record in state["iterations"]:
+            networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
+    rows = []
+    for name, model in networks:
+        lut_ms = estimator.estimate_ms(model)
+        measured = platform.measure_network(model, input_shape).median_ms
+        rows.append({"network": name, "lut_ms": round(lut_ms, 4), "measured_ms": round(measured, 4),
+                     "rel_error": round((lut_ms - measured) / measured, 4)})
+        log(f"  {name:24s} lut {lut_ms:8.3f} ms  measured {measured:8.3f} ms  error {rows[-1]['rel_error']:+.1%}")
+    estimator.save()
+    write_csv(params.report.lut_check, rows)
+    errors = [abs(r["rel_error"]) for r in rows]
+    summary = {"networks": len(rows), "median_abs_rel_error": statistics.median(errors), "max_abs_rel_error": max(errors)}
+    log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, max {summary['max_abs_rel_error']:.1%}")
+    return summary
+
+
+def run_adapt(params: Params, log: Log = print) -> RunState:
+    return adapt(make_context(params, log))
+
+
+def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    cfg = ctx.params.finetune
+    model, arch, meta = load_checkpoint(record["checkpoint"])
+    steps = steps_for_epochs(ctx.data.train, cfg.batch_size, cfg.epochs)
+    stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True)
+    result = {
+        "iteration": record["iteration"],
+        "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads),
+        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads),
+        "finetune_steps": steps,
+        "finetune_seconds": round(stats.seconds, 1),
+        **measure_point(ctx, model, baseline),
+    }
+    path = out_dir / f"iter_{record['iteration']:03d}.pt"
+    save_checkpoint(path, model, arch, {**meta, "finetune": result})
+    result["checkpoint"] = str(path)
+    return result
+
+
+def run_finetune(params: Params, log: Log = print) -> list[dict[str, Any]]:
+    """Long-term fine-tune the final network (or every trade-off point) and score it on the test set."""
+    state_path = Path(params.adapt.run_dir) / STATE_FILE
+    if not state_path.is_file():
+        raise FileNotFoundError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
+    state = RunState(**json.loads(state_path.read_text()))
+    if not state.iterations:
+        raise RuntimeError(f"the adaptation in {params.adapt.run_dir} has no iterations to fine-tune")
+    ctx = make_context(params, log)
+    points = state.iterations if params.finetune.points == "all" else state.iterations[-1:]
+    out_dir = Path(params.finetune.out_dir)
+    results = []
+    for record in points:
+        result = _finetune_point(ctx, record, state.baseline, out_dir)
+        log(f"finetune: iteration {result['iteration']}: test {result['test_accuracy']:.4f}, "
+            f"{result['measured_ms']:.3f} ms measured ({result['finetune_seconds']:.0f}s)")
+        results.append(result)
+    atomic_write_json(out_dir / "results.json", results)
+    return results
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def run_report(params: Params, log: Log = print) -> dict[str, Any]:
+    """``reports/metrics.json`` (baseline vs final) and ``reports/tradeoff.csv`` (one row per iteration)."""
+    state = RunState(**json.loads((Path(params.adapt.run_dir) / STATE_FILE).read_text()))
+    _, _, pre_meta = load_checkpoint(params.pretrain.checkpoint)
+    results_path = Path(params.finetune.out_dir) / "results.json"
+    finetuned = {r["iteration"]: r for r in json.loads(results_path.read_text())} if results_path.is_file() else {}
+    keys = ("measured_ms", "lut_ms", "macs", "params", "holdout_accuracy")
+    baseline = {k: state.baseline[k] for k in keys} | {"test_accuracy": pre_meta["test_accuracy"]}
+    last = state.iterations[-1] if state.iterations else state.baseline
+    final = {k: last[k] for k in keys} | {"iteration": last["iteration"]}
+    if last["iteration"] in finetuned:
+        tuned = finetuned[last["iteration"]]
+        final |= {k: tuned[k] for k in ("holdout_accuracy", "test_accuracy")}
+        final["remeasured_ms_after_finetune"] = tuned["measured_ms"]  # same architecture, timed again
+        final["finetuned"] = True
+    budget = budget_ms(state.start_ms, params.adapt)
+    metrics = {
+        "baseline": baseline,
+        "final": final,
+        "iterations": len(state.iterations),
+        "status": state.status,
+        "budget_ms": budget,
+        "budget_met_measured": final["measured_ms"] <= budget,
+        "speedup_measured": baseline["measured_ms"] / final["measured_ms"],
+        "lut_rel_error_final": (final["lut_ms"] - final["measured_ms"]) / final["measured_ms"],
+    }
+    if "test_accuracy" in final:
+        metrics["test_accuracy_drop"] = baseline["test_accuracy"] - final["test_accuracy"]
+    atomic_write_json(params.report.metrics, metrics)
+    rows = []
+    for record in [state.baseline, *state.iterations]:
+        tuned = finetuned.get(record["iteration"], {})
+        rows.append({
+            "iteration": record["iteration"],
+            "group": record.get("group", ""),
+            "channels_before": record.get("channels_before", ""),
+            "channels_after": record.get("channels_after", ""),
+            "target_ms": round(record["target_ms"], 4) if "target_ms" in record else "",
+            "lut_ms": round(record["lut_ms"], 4),
+            "measured_ms": round(record["measured_ms"], 4),
+            "holdout_accuracy": record["holdout_accuracy"],
+            "macs": record["macs"],
+            "params": record["params"],
+            "test_accuracy_finetuned": tuned.get("test_accuracy", ""),
+        })
+    write_csv(params.report.tradeoff, rows)
+    log(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,105 @@
+"""Shared fixtures: real Fashion-MNIST subsets, a tiny pretrained CNN and its measured LUT.
+
+Everything runs on real data and real measurements, kept small: a few thousand images, a network
+of a few thousand parameters, a LUT measured with few repeats.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from netadapt_core.config import Params, load_params, with_overrides
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny_overrides(root: Path, data_root: Path) -> list[str]:
+    out = root / "out"
+    return [
+        f"data.root={data_root}",
+        "data.holdout_size=500",
+        "data.train_subset=3000",
+        "data.test_subset=1000",
+        "model.name=tiny_cnn",
+        "pretrain.epochs=2",
+        "pretrain.batch_size=64",
+        f"pretrain.checkpoint={out}/pretrained.pt",
+        "platform.batch_size=8",
+        "platform.warmup=3",
+        "platform.repeats=7",
+        "platform.min_sample_ms=0.2",
+        "platform.network_repeats=15",
+        f"lut.path={out}/lut.json",
+        "lut.channel_step=4",
+        "lut.min_channel_ratio=0.25",
+        "lut.check_networks=[1.0, 0.5]",
+        f"adapt.run_dir={out}/run",
+        "adapt.short_term_steps=5",
+        "adapt.budget_ratio=0.85",
+        "adapt.initial_reduction_ratio=0.05",
+        "adapt.reduction_decay=0.9",
+        "finetune.epochs=0.5",
+        f"finetune.out_dir={out}/finetuned",
+        f"report.metrics={out}/metrics.json",
+        f"report.tradeoff={out}/tradeoff.csv",
+        f"report.lut_check={out}/lut_check.csv",
+    ]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    if not DEBIAN_FMNIST.is_dir():
+        pytest.fail("Debian's dataset-fashion-mnist is not installed: run scripts/setup.sh (apt-get)")
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def tiny_params(shared_dir, data_root) -> Params:
+    """Tiny settings whose pretrained checkpoint and LUT are built once per session."""
+    return load_params(None, tiny_overrides(shared_dir, data_root))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_params):
+    from netadapt_core.data import load_data
+
+    return load_data(tiny_params.data)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tiny_params) -> Path:
+    from netadapt_core.pipeline import run_pretrain
+
+    run_pretrain(tiny_params, log=lambda _: None)
+    return Path(tiny_params.pretrain.checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_lut(tiny_params, pretrained) -> Path:
+    from netadapt_core.pipeline import run_lut
+
+    run_lut(tiny_params, log=lambda _: None)
+    return Path(tiny_params.lut.path)
+
+
+@pytest.fixture
+def run_params(tmp_path, tiny_params, pretrained, tiny_lut):
+    """The shared pretrained network and LUT, with a fresh run directory per test."""
+    def make(*extra: str) -> Params:
+        overrides = [f"adapt.run_dir={tmp_path}/run", f"finetune.out_dir={tmp_path}/finetuned",
+                     f"report.metrics={tmp_path}/metrics.json", f"report.tradeoff={tmp_path}/tradeoff.csv",
+                     *extra]
+        return with_overrides(tiny_params, overrides)
+
+    return make
+
+
+os.environ.setdefault("NETADAPT_NO_REEXEC", "1")

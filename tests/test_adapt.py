@@ -1,0 +1,99 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from netadapt_core.adapt import (
+    BudgetUnreachableError,
+    ProposalPlan,
+    ProposalResult,
+    make_context,
+    pick_best,
+    plan_proposals,
+)
+from netadapt_core.checkpoint import file_sha256, load_checkpoint
+from netadapt_core.config import ConfigError
+from netadapt_core.lut import channel_grid
+from netadapt_core.pipeline import run_adapt
+from netadapt_core.schedule import budget_ms
+from netadapt_core.surgery import prune_group
+
+
+def _result(group, acc, ms):
+    return ProposalResult(ProposalPlan(0, group, 16, 8, ms, 0), f"{group}.pt", acc, 0.0)
+
+
+def test_pick_best_rules():
+    results = [_result("a", 0.80, 9.0), _result("b", 0.85, 9.5), _result("c", 0.85, 9.2)]
+    assert pick_best(results, "accuracy", 0.9, 10.0).plan.group == "c"  # tie on accuracy: lower latency
+    # loss per ms removed: a 0.10/1.0, b 0.05/0.5, c 0.05/0.8 -> c
+    assert pick_best(results, "accuracy_per_latency", 0.9, 10.0).plan.group == "c"
+    with pytest.raises(ValueError):
+        pick_best([], "accuracy", 0.9, 10.0)
+
+
+def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
+    params = run_params()
+    ctx = make_context(params, log=lambda _: None)
+    model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    current = ctx.estimator.estimate_ms(model)
+    target = current - 0.03
+    plans = plan_proposals(ctx, model, 0, current, target)
+    assert plans, "some group of the tiny CNN must be able to remove 0.03 ms"
+    base = ctx.estimator.layer_sum_ms(model)
+
+    def estimate(group, channels):
+        variant = copy.deepcopy(model)
+        prune_group(variant, group, plan.channels_before - channels, ctx.input_shape)
+        return current - (base - ctx.estimator.layer_sum_ms(variant))
+
+    for plan in plans:
+        assert plan.estimated_ms <= target
+        assert plan.estimated_ms == pytest.approx(estimate(plan.group, plan.channels_after))
+        g = ctx.estimator.lut.grid[plan.group]
+        grid = channel_grid(g["original"], g["step"], g["min"])
+        assert plan.channels_after in grid and plan.n_remove % g["step"] == 0
+        one_less = plan.channels_after + g["step"]
+        if one_less < plan.channels_before:
+            assert estimate(plan.group, one_less) > target
+
+
+def test_adapt_stops_at_budget_and_resumes(run_params):
+    params = run_params("adapt.max_iterations=1")
+    state = run_adapt(params, log=lambda _: None)
+    assert state.status in ("max_iterations", "done") and len(state.iterations) == 1
+    first = state.iterations[0]
+    assert Path(first["checkpoint"]).is_file() and file_sha256(first["checkpoint"]) == first["checkpoint_sha256"]
+    assert len(first["proposals"]) >= 1 and sum(p["picked"] for p in first["proposals"]) == 1
+
+    # resume with more iterations allowed: iteration 1 is kept as it was, the run goes on to the budget
+    resumed = run_adapt(run_params(), log=lambda _: None)
+    assert resumed.iterations[0] == first
+    assert resumed.status == "done"
+    budget = budget_ms(resumed.start_ms, params.adapt)
+    assert resumed.iterations[-1]["measured_ms"] <= budget
+    assert all(record["measured_ms"] > budget for record in [resumed.baseline, *resumed.iterations[:-1]])
+    # every iteration's pick is a trade-off point with its own checkpoint and record
+    for record in resumed.iterations:
+        model, _, meta = load_checkpoint(record["checkpoint"])
+        assert meta["plan"]["group"] == record["group"]
+    state_file = json.loads((Path(params.adapt.run_dir) / "state.json").read_text())
+    assert len(state_file["iterations"]) == len(resumed.iterations)
+
+
+def test_changed_settings_refused_unless_fresh(run_params):
+    run_adapt(run_params("adapt.max_iterations=1"), log=lambda _: None)
+    with pytest.raises(ConfigError, match="adapt.fresh=true"):
+        run_adapt(run_params("adapt.max_iterations=1", "adapt.short_term_steps=6"), log=lambda _: None)
+    params = run_params("adapt.max_iterations=1", "adapt.short_term_steps=6", "adapt.fresh=true")
+    run_adapt(params, log=lambda _: None)
+    kept = list(Path(params.adapt.run_dir).parent.glob("run.old-*"))
+    assert len(kept) == 1 and (kept[0] / "state.json").is_file()
+
+
+def test_unreachable_budget_fails_before_training(run_params):
+    params = run_params("adapt.budget_ratio=0.05")
+    with pytest.raises(BudgetUnreachableError, match="unreachable.*min_channel_ratio"):
+        run_adapt(params, log=lambda _: None)
+    assert not Path(params.adapt.run_dir).exists()

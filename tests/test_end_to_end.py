@@ -1,0 +1,52 @@
+"""The real pipeline through its command line on a tiny network and a Fashion-MNIST subset."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_overrides
+
+
+def _netadapt(cwd, *args):
+    env = {**os.environ}
+    env.pop("NETADAPT_NO_REEXEC", None)  # exercise the allocator re-exec as users get it
+    return subprocess.run([sys.executable, "-m", "netadapt_core.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_netadapt_all_on_real_data(tmp_path, data_root):
+    sets = [arg for override in tiny_overrides(tmp_path, data_root) for arg in ("--set", override)]
+    done = _netadapt(tmp_path, "all", *sets)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["budget_met_measured"]
+    assert metrics["final"]["measured_ms"] <= metrics["budget_ms"] < metrics["baseline"]["measured_ms"]
+    assert metrics["final"]["finetuned"] and 0.1 < metrics["final"]["test_accuracy"] <= 1
+    assert metrics["final"]["macs"] < metrics["baseline"]["macs"]
+    rows = list(csv.DictReader((out / "tradeoff.csv").open()))
+    assert len(rows) == metrics["iterations"] + 1 and rows[0]["iteration"] == "0"
+    assert [float(r["measured_ms"]) for r in rows][-1] <= metrics["budget_ms"]
+
+    check = _netadapt(tmp_path, "lut", "--check", *sets)
+    assert check.returncode == 0, check.stderr
+    assert "median |error|" in check.stdout
+    checked = list(csv.DictReader((out / "lut_check.csv").open()))
+    assert any(r["network"].startswith("adapt_iter_") for r in checked)
+
+    rerun = _netadapt(tmp_path, "adapt", *sets)  # finished run: resumes and has nothing to do
+    assert rerun.returncode == 0 and "resuming" in rerun.stdout
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path, data_root):
+    sets = [arg for override in tiny_overrides(tmp_path, data_root) for arg in ("--set", override)]
+    done = _netadapt(tmp_path, "adapt", *sets)
+    assert done.returncode == 2
+    assert "checkpoint" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr
+    bad = _netadapt(tmp_path, "lut", "--set", "lut.channel_step=0")
+    assert bad.returncode == 2 and "lut.channel_step" in bad.stderr

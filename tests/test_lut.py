@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+
+from netadapt_core.checkpoint import Architecture
+from netadapt_core.config import with_overrides
+from netadapt_core.lut import (
+    LatencyEstimator,
+    LatencyLUT,
+    LutError,
+    channel_grid,
+    layer_uses,
+    network_fingerprint,
+)
+from netadapt_core.models import build_model
+from netadapt_core.pipeline import architecture, run_lut_check, uniform_variant
+from netadapt_core.platforms import Measurement, make_platform, time_callable
+
+
+def test_channel_grid():
+    assert channel_grid(32, 8, 4) == [32, 24, 16, 8]
+    assert channel_grid(30, 8, 8) == [30, 22, 14]
+    assert channel_grid(8, 8, 8) == [8]
+
+
+def test_identical_layers_share_entries():
+    model = build_model("mobilenet_v1", num_classes=10, in_channels=1, width_mult=0.25, first_stride=1)
+    uses = layer_uses(model, (1, 28, 28), batch_size=1)
+    signatures = [u.signature for u in uses]
+    # MobileNetV1 repeats five identical 512-channel blocks: 6 layers each, measured once
+    assert len(set(signatures)) <= len(signatures) - 4 * 6
+    blocks = [u.signature for u in uses if u.name.startswith(("features.7.", "features.8."))]
+    assert blocks[:6] == blocks[6:]
+    assert all(s.endswith(":float32") and "@1x" in s for s in signatures)
+
+
+def test_signature_reflects_batch_and_channels():
+    model = build_model("tiny_cnn", num_classes=10, in_channels=1)
+    by_name = {u.name: u.signature for u in layer_uses(model, (1, 28, 28), batch_size=4)}
+    assert by_name["head.0"].startswith("Conv2d(16, 32, kernel_size=(1, 1)") and "@4x16x14x14" in by_name["head.0"]
+
+
+class CountingPlatform:
+    """A platform whose 'latency' is a layer's MAC count: checks the LUT arithmetic exactly."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.cfg = type("Cfg", (), {"batch_size": 1})()
+        self.dtype = torch.float32
+        self.calls = 0
+
+    def metadata(self):
+        return {"platform": "counting"}
+
+    def environment(self):
+        return {}
+
+    def measure_layer(self, module, input_shape):
+        self.calls += 1
+        weight = getattr(module, "weight", None)
+        ms = 0.0 if weight is None else float(weight.numel() * input_shape[-1] * input_shape[-2]) / 1e6
+        return Measurement(ms, 0.0, 1)
+
+    def measure_network(self, model, input_shape):
+        uses = layer_uses(model, tuple(input_shape), 1)
+        return Measurement(sum(self.measure_layer(u.module, u.input_shape).median_ms for u in uses) + 1.0, 0, 1)
+
+
+def test_lut_build_lookup_and_rest_term(tiny_params):
+    from netadapt_core.lut import build_lut
+
+    arch, shape = architecture(tiny_params)
+    model = arch.build().eval()
+    platform = CountingPlatform()
+    lut = build_lut(model, arch, shape, platform, tiny_params.lut, log=lambda _: None)
+    assert lut.rest_ms == pytest.approx(1.0)  # the network measurement's extra millisecond
+    assert lut.stats["entries"] == len(lut.entries)
+    assert lut.stats["non_monotonic_first"] == 0  # MAC counts never fall as channels grow
+    estimator = LatencyEstimator(lut, platform, shape, measure_missing=True)
+    smaller = uniform_variant(model, shape, lut.grid, 0.5)  # a combination the star grid lacks
+    assert estimator.estimate_ms(smaller) == pytest.approx(platform.measure_network(smaller, shape).median_ms)
+    assert estimator.estimate_ms(smaller) < estimator.estimate_ms(model)
+
+
+def test_missing_entries_measured_on_demand_or_refused(tiny_params):
+    arch, shape = architecture(tiny_params)
+    model = arch.build()
+    platform = CountingPlatform()
+    lut = LatencyLUT(platform.metadata(), network_fingerprint(arch, shape), {}, rest_ms=0.0)
+    with pytest.raises(LutError, match="lacks"):
+        LatencyEstimator(lut, platform, shape, measure_missing=False).estimate_ms(model)
+    estimator = LatencyEstimator(lut, platform, shape, measure_missing=True)
+    estimator.estimate_ms(model)
+    assert estimator.measured_on_demand == len(lut.entries) > 0
+    calls = platform.calls
+    estimator.estimate_ms(model)
+    assert platform.calls == calls  # cached
+
+
+def test_lut_from_other_platform_or_network_or_corrupt_is_refused(tiny_params, tiny_lut, tmp_path):
+    lut = LatencyLUT.load(tiny_lut)
+    arch, shape = architecture(tiny_params)
+    platform = make_platform(tiny_params.platform)
+    lut.check_compatible(platform.metadata(), network_fingerprint(arch, shape))
+    other_platform = make_platform(with_overrides(tiny_params, ["platform.threads=2"]).platform)
+    with pytest.raises(LutError, match="another platform.*threads"):
+        lut.check_compatible(other_platform.metadata(), network_fingerprint(arch, shape))
+    other_arch = Architecture("mobilenet_v1", arch.kwargs)
+    with pytest.raises(LutError, match="built for network"):
+        lut.check_compatible(platform.metadata(), network_fingerprint(other_arch, shape))
+    corrupt = tmp_path / "lut.json"
+    corrupt.write_text(tiny_lut.read_text()[:100])
+    with pytest.raises(LutError, match="corrupt"):
+        LatencyLUT.load(corrupt)
+    raw = json.loads(tiny_lut.read_text())
+    next(iter(raw["entries"].values()))["ms"] = "fast"
+    corrupt.write_text(json.dumps(raw))
+    with pytest.raises(LutError, match="corrupt"):
+        LatencyLUT.load(corrupt)
+
+
+def test_real_lut_is_measured_and_checked(tiny_params, tiny_lut):
+    lut = LatencyLUT.load(tiny_lut)
+    assert lut.platform["platform"] == "torch-cpu" and lut.platform["batch_size"] == 8
+    assert 20 < lut.stats["entries"] <= len(lut.entries)  # adaptations add entries on demand
+    assert all(entry["ms"] > 0 for entry in lut.entries.values())
+    assert set(lut.grid) == {"stem.0", "down.0", "head.0"}
+    summary = run_lut_check(tiny_params, log=lambda _: None)
+    assert summary["networks"] >= 2
+    rows = open(tiny_params.report.lut_check).read().splitlines()
+    assert rows[0] == "network,lut_ms,measured_ms,rel_error" and len(rows) == summary["networks"] + 1
+
+
+def test_timer_takes_the_median():
+    durations = iter([0.0] * 100)
+    measurement = time_callable(lambda: next(durations, None), warmup=2, repeats=5, min_sample_ms=0.01)
+    assert measurement.samples == 5 and measurement.median_ms >= 0
