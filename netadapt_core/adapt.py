@@ -13,8 +13,8 @@
 ``resource(net_i)`` is the directly measured latency; a proposal's latency is that measurement
 plus the LUT's difference between the proposal and net_i, so the LUT's absolute error cancels.
 
-Each step takes and returns paths and plain records so that an orchestrator (Prefect) can run the
-proposals in parallel and cache them; ``adapt`` below runs them in sequence.
+Each step takes and returns paths and plain records; ``flows/adapt.py`` composes them as a Prefect
+flow that runs the proposals in parallel, caches them and resumes interrupted runs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, Params
+from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, load_data
 from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
 from .platforms import make_platform
@@ -50,6 +51,9 @@ from .training import evaluate, train
 
 STATE_FILE = "state.json"
 MAX_HALVINGS = 3  # an iteration whose step no group can take retries with half the step
+# the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
+EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries"}
+PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance"}
 
 
 class BudgetUnreachableError(RuntimeError):
@@ -108,12 +112,18 @@ def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     return {"macs": int(macs), "params": int(n_params)}
 
 
+ON_DEMAND_FILE = "lut_on_demand.json"
+
+
 def open_estimator(params: Params, arch: Architecture, input_shape: tuple[int, ...]) -> LatencyEstimator:
-    """Load the LUT and check it was measured on this platform for this network."""
+    """Load the LUT, check it was measured on this platform for this network, and attach the
+    run's overlay of entries measured on demand (``<adapt.run_dir>/lut_on_demand.json``)."""
     platform = make_platform(params.platform)
     lut = LatencyLUT.load(params.lut.path)
     lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
-    return LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing, params.lut.path)
+    estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing)
+    estimator.attach(Path(params.adapt.run_dir) / ON_DEMAND_FILE)
+    return estimator
 
 
 def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
@@ -162,15 +172,59 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current_ms: 
     return plans
 
 
-def run_proposal(ctx: Context, parent_checkpoint: str, plan: ProposalPlan, out_path: str) -> ProposalResult:
-    """Prune the plan's filters from the parent, fine-tune short-term, score on the holdout set."""
+def proposal_key(params: Params, parent_sha256: str, plan: ProposalPlan) -> str:
+    """Content key of a proposal: parent weights, the plan, and the settings its training reads."""
+    payload = {
+        "parent": parent_sha256,
+        "plan": asdict(plan),
+        "data": params.section_hash("data"),
+        "adapt": params.adapt.model_dump(mode="json", include=PROPOSAL_SETTINGS),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def finished_proposal(out_path: str | Path, key: str) -> ProposalResult | None:
+    """The result of a proposal already run with this key (its record and checkpoint intact)."""
+    record_path = Path(out_path).with_suffix(".json")
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        if record["key"] != key or file_sha256(record["checkpoint"]) != record["checkpoint_sha256"]:
+            return None
+        return ProposalResult(ProposalPlan(**record["plan"]), record["checkpoint"],
+                              record["holdout_accuracy"], record["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan: ProposalPlan,
+                 out_path: str, key: str, journal: str | Path | None = None) -> ProposalResult:
+    """Prune the plan's filters from the parent, fine-tune short-term, score on the holdout set.
+
+    Idempotent: a proposal whose record (``out_path`` with ``.json``) carries the same ``key`` is
+    returned as it was, not run again. Each real execution appends a line to ``journal`` (JSON
+    lines), written after the record, so finished work can be audited.
+    """
+    done = finished_proposal(out_path, key)
+    if done is not None:
+        return done
+    started = time.time()
     model, arch, _ = load_checkpoint(parent_checkpoint)
-    prune_group(model, plan.group, plan.n_remove, ctx.input_shape, ctx.params.adapt.importance)
-    cfg = ctx.params.adapt
-    stats = train(model, ctx.data.train, cfg, cfg.short_term_steps, seed=plan.seed)
-    accuracy = evaluate(model, ctx.data.holdout, threads=cfg.threads)
-    save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
-    return ProposalResult(plan, out_path, accuracy, stats.seconds)
+    cfg = params.adapt
+    prune_group(model, plan.group, plan.n_remove, data.input_shape, cfg.importance)
+    stats = train(model, data.train, cfg, cfg.short_term_steps, seed=plan.seed)
+    accuracy = evaluate(model, data.holdout, threads=cfg.threads)
+    sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
+    result = ProposalResult(plan, out_path, accuracy, stats.seconds)
+    atomic_write_json(Path(out_path).with_suffix(".json"),
+                      {**result.to_dict(), "plan": asdict(plan), "key": key, "checkpoint_sha256": sha})
+    if journal is not None:
+        entry = {"iteration": plan.iteration, "group": plan.group, "key": key, "pid": os.getpid(),
+                 "started": started, "finished": time.time()}
+        with open(journal, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+    return result
 
 
 def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, parent_ms: float) -> ProposalResult:
@@ -220,9 +274,12 @@ class RunState:
     iterations: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"
 
-    @property
-    def start_ms(self) -> float:
-        return self.baseline["measured_ms"]
+    def latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
+        """A record's latency as the run counts it (``adapt.latency_source``)."""
+        return record["measured_ms" if cfg.latency_source == "measured" else "lut_ms"]
+
+    def start_ms(self, cfg: AdaptConfig) -> float:
+        return self.latency(self.baseline, cfg)
 
     @property
     def current(self) -> dict[str, Any]:
@@ -234,7 +291,7 @@ class RunState:
 
 def adapt_config_hash(params: Params) -> str:
     """What an adaptation's result depends on (not ``adapt.fresh``, not max_iterations)."""
-    adapt = params.adapt.model_dump(exclude={"fresh", "max_iterations", "run_dir"})
+    adapt = params.adapt.model_dump(exclude=EXECUTION_SETTINGS)
     payload = {
         "adapt": adapt,
         "other": params.section_hash("data", "model", "platform"),
@@ -265,7 +322,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(kept)
         ctx.log(f"fresh start: previous run moved to {kept}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name != ON_DEMAND_FILE for p in run_dir.iterdir()):
         raise ConfigError(f"{run_dir} exists but has no {STATE_FILE}; move it away or pick another adapt.run_dir")
     model, _, _ = load_checkpoint(params.pretrain.checkpoint)
     baseline_ckpt = run_dir / "iter_000.pt"  # copied there once the run is known to be feasible
@@ -275,15 +332,17 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads),
         **measure_point(ctx, model),
     }
-    check_reachable(ctx, model, budget_ms(baseline["measured_ms"], params.adapt), baseline)
+    start = baseline["measured_ms" if params.adapt.latency_source == "measured" else "lut_ms"]
+    check_reachable(ctx, model, budget_ms(start, params.adapt), start)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(params.pretrain.checkpoint, baseline_ckpt)
+    baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
     state = RunState(config_hash, pretrained_sha, baseline)
     state.save(run_dir)
     return run_dir, state
 
 
-def check_reachable(ctx: Context, model: nn.Module, budget: float, baseline: dict[str, Any]) -> None:
+def check_reachable(ctx: Context, model: nn.Module, budget: float, start_ms: float) -> None:
     """Fail before any training if even the smallest network the grid allows misses the budget."""
     smallest = copy.deepcopy(model)
     for group in prunable_groups(smallest, ctx.input_shape):
@@ -291,20 +350,24 @@ def check_reachable(ctx: Context, model: nn.Module, budget: float, baseline: dic
         floor = channel_grid(g["original"], g["step"], g["min"])[-1]
         if floor < group.channels:
             prune_group(smallest, group.id, group.channels - floor, ctx.input_shape)
-    floor_ms = baseline["measured_ms"] - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest))
-    ctx.estimator.save()
+    floor_ms = start_ms - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest))
     if floor_ms > budget:
         raise BudgetUnreachableError(
             f"budget {budget:.3f} ms is unreachable: with every layer at its minimum width "
             f"(lut.min_channel_ratio={ctx.params.lut.min_channel_ratio}) the LUT estimates {floor_ms:.3f} ms "
-            f"(start {baseline['measured_ms']:.3f} ms). Fix: raise adapt.budget_ratio / adapt.budget_ms, or "
+            f"(start {start_ms:.3f} ms). Fix: raise adapt.budget_ratio / adapt.budget_ms, or "
             "lower lut.min_channel_ratio and rebuild the LUT."
         )
 
 
 def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: ProposalResult,
-                     proposals: list[ProposalResult], target: float, seconds: float) -> dict[str, Any]:
-    """Keep the picked proposal as net_{i+1}: move its checkpoint, measure it, record it atomically."""
+                     proposals: list[ProposalResult], target: float, timing: dict[str, float]) -> dict[str, Any]:
+    """Keep the picked proposal as net_{i+1}: move its checkpoint, measure it, record it atomically.
+
+    ``timing`` holds wall seconds of the iteration's phases so far (``plan_s``, ``proposals_s``);
+    ``commit_s`` (measurement included) is added here.
+    """
+    commit_started = time.perf_counter()
     iteration = best.plan.iteration + 1
     final_ckpt = run_dir / f"iter_{iteration:03d}.pt"
     Path(best.checkpoint).replace(final_ckpt)
@@ -321,9 +384,11 @@ def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: Proposa
         "checkpoint": str(final_ckpt),
         "checkpoint_sha256": file_sha256(final_ckpt),
         "proposals": [dict(p.to_dict(), picked=p is best) for p in proposals],
-        "seconds": seconds,
+        "timing": timing,
         **measure_point(ctx, model, state.baseline),
     }
+    timing["commit_s"] = round(time.perf_counter() - commit_started, 3)
+    record["seconds"] = round(sum(timing.values()), 3)
     state.iterations.append(record)
     ctx.estimator.save()
     state.save(run_dir)
@@ -331,52 +396,59 @@ def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: Proposa
     return record
 
 
-def adapt(ctx: Context) -> RunState:
-    """Run (or resume) the adaptation loop until the budget is met; returns the run's state."""
+def budget_reached(state: RunState, cfg: AdaptConfig) -> bool:
+    """Whether net_i meets the budget, by measurement (default) or by the LUT (``adapt.latency_source``)."""
+    return budget_met(state.latency(state.current, cfg), state.start_ms(cfg), cfg)
+
+
+def plan_iteration(ctx: Context, run_dir: Path, state: RunState) -> tuple[list[ProposalPlan], float]:
+    """Iteration i's target and one plan per group able to meet it.
+
+    When no group alone can take the scheduled step, the step is halved (``MAX_HALVINGS`` times)
+    before the run is declared stuck; finished iterations stay on disk either way.
+    """
     cfg = ctx.params.adapt
-    run_dir, state = open_run(ctx)
-    budget = budget_ms(state.start_ms, cfg)
-    ctx.log(f"start {state.start_ms:.3f} ms measured, budget {budget:.3f} ms")
+    i = len(state.iterations)
+    current = state.current
+    parent, _, _ = load_checkpoint(current["checkpoint"])
+    reduction = reduction_ms(i, state.start_ms(cfg), cfg)
+    current_ms = state.latency(current, cfg)
+    for _ in range(MAX_HALVINGS + 1):
+        target = current_ms - reduction
+        plans = plan_proposals(ctx, parent, i, current_ms, target)
+        if plans:
+            return plans, target
+        ctx.log(f"iteration {i + 1}: no layer alone can remove {reduction:.3f} ms; halving the step")
+        reduction /= 2
+    state.status = "stuck"
+    state.save(run_dir)
+    raise BudgetUnreachableError(
+        f"iteration {i + 1}: no layer can remove even {reduction * 2:.3f} ms (network at "
+        f"{current_ms:.3f} ms, budget {budget_ms(state.start_ms(cfg), cfg):.3f} ms). The {i} finished "
+        f"iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
+    )
 
-    def reached() -> bool:
-        current = state.current
-        return budget_met(current["measured_ms" if cfg.stop_on == "measured" else "lut_ms"], state.start_ms, cfg)
 
-    while not reached() and len(state.iterations) < cfg.max_iterations:
-        started = time.perf_counter()
-        i = len(state.iterations)
-        current = state.current
-        parent, _, _ = load_checkpoint(current["checkpoint"])
-        reduction = reduction_ms(i, state.start_ms, cfg)
-        for _ in range(MAX_HALVINGS + 1):
-            target = current["measured_ms"] - reduction
-            plans = plan_proposals(ctx, parent, i, current["measured_ms"], target)
-            if plans:
-                break
-            ctx.log(f"iteration {i + 1}: no layer alone can remove {reduction:.3f} ms; halving the step")
-            reduction /= 2
-        if not plans:
-            state.status = "stuck"
-            state.save(run_dir)
-            raise BudgetUnreachableError(
-                f"iteration {i + 1}: no layer can remove even {reduction * 2:.3f} ms "
-                f"(network at {current['measured_ms']:.3f} ms, budget {budget:.3f} ms). The {i} finished "
-                f"iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
-            )
-        results = []
-        for plan in plans:
-            out = run_dir / "proposals" / f"{i + 1:03d}" / f"{plan.group}.pt"
-            results.append(run_proposal(ctx, current["checkpoint"], plan, str(out)))
-        best = pick_best(results, cfg.pick, current["holdout_accuracy"], current["measured_ms"])
-        record = commit_iteration(ctx, run_dir, state, best, results, target, time.perf_counter() - started)
-        ctx.log(
-            f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
-            f"{record['channels_after']}  target {target:.3f}  lut {record['lut_ms']:.3f}  measured "
-            f"{record['measured_ms']:.3f} ms  holdout {record['holdout_accuracy']:.4f}  "
-            f"({len(results)} proposals, {record['seconds']:.0f}s)"
-        )
-    state.status = "done" if reached() else "max_iterations"
+def proposal_path(run_dir: Path, plan: ProposalPlan) -> Path:
+    return run_dir / "proposals" / f"{plan.iteration + 1:03d}" / f"{plan.group}.pt"
+
+
+JOURNAL_FILE = "executions.jsonl"
+
+
+def finish_run(ctx: Context, run_dir: Path, state: RunState) -> RunState:
+    cfg = ctx.params.adapt
+    state.status = "done" if budget_reached(state, cfg) else "max_iterations"
     state.save(run_dir)
     if state.status != "done":
         ctx.log(f"warning: stopped after {cfg.max_iterations} iterations without meeting the budget")
     return state
+
+
+def describe_iteration(record: dict[str, Any]) -> str:
+    return (
+        f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
+        f"{record['channels_after']}  target {record['target_ms']:.3f}  lut {record['lut_ms']:.3f}  "
+        f"measured {record['measured_ms']:.3f} ms  holdout {record['holdout_accuracy']:.4f}  "
+        f"({len(record['proposals'])} proposals, {record['seconds']:.0f}s)"
+    )

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -100,7 +103,15 @@ class PretrainConfig(TrainConfig):
 
 
 class PlatformConfig(_Section):
-    """Where latency is measured and how."""
+    """Where latency is measured and how (``name`` picks the platform; see netadapt_core/platforms.py)."""
+
+    COMMAND_PLACEHOLDERS: ClassVar[tuple[str, ...]] = (
+        "onnx", "batch", "input_shape", "repeats", "warmup", "threads", "min_sample_ms", "python",
+    )
+    # keys added after torch-cpu; omitted from dumps while at their defaults (see _omit_unset_keys)
+    LATER_KEYS: ClassVar[tuple[str, ...]] = (
+        "device", "graph_optimization", "onnx_opset", "command", "command_timeout_s", "device_name",
+    )
 
     name: str = "torch-cpu"
     threads: int = Field(1, ge=1)
@@ -112,11 +123,64 @@ class PlatformConfig(_Section):
         0.5, gt=0, description="each sample loops the layer until it lasts this long (timer noise)"
     )
     network_repeats: int = Field(61, ge=3, description="timed samples for a whole network")
+    device: str = Field("cuda:0", pattern=r"^cuda(:\d+)?$", description="torch-cuda: the GPU, e.g. cuda:1")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime-cpu: ONNX Runtime's graph optimisation level"
+    )
+    onnx_opset: int = Field(17, ge=9, le=23, description="onnxruntime-cpu, command: ONNX opset of the export")
+    command: list[str] | None = Field(
+        None,
+        description="command: argv run per measurement, with placeholders " + ", ".join(COMMAND_PLACEHOLDERS),
+    )
+    command_timeout_s: float = Field(600.0, gt=0, description="command: one run may last this long")
+    device_name: str | None = Field(None, description="command: a label for the device (part of the LUT key)")
 
     @field_validator("name")
     @classmethod
     def _known_platform(cls, name: str) -> str:
         return _registered("platform", name)
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, command: list[str] | None) -> list[str] | None:
+        if command is None:
+            return None
+        if not command or not command[0]:
+            raise ValueError("platform.command must be a non-empty argv list, e.g. [adb, shell, ...]")
+        for arg in command:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+            except ValueError as exc:
+                raise ValueError(
+                    f"platform.command argument {arg!r}: {exc} (write a literal brace as {{{{ or }}}})"
+                ) from None
+            unknown = fields - set(cls.COMMAND_PLACEHOLDERS)
+            if unknown:
+                raise ValueError(
+                    f"platform.command argument {arg!r} uses unknown placeholder(s) {sorted(unknown)}; "
+                    f"known: {', '.join('{' + p + '}' for p in cls.COMMAND_PLACEHOLDERS)}"
+                )
+        return command
+
+    @model_validator(mode="after")
+    def _command_needs_argv(self) -> PlatformConfig:
+        if self.name == "command" and not self.command:
+            raise ValueError(
+                "platform 'command' needs platform.command: the argv that times an ONNX file on the "
+                "device, e.g. [\"{python}\", scripts/stand_in_device.py, \"{onnx}\"] "
+                "(see examples/command_platform.yaml)"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_keys(self, handler: Any) -> dict[str, Any]:
+        """Leave keys added after torch-cpu out of dumps while at their defaults, so hashes of runs
+        made before they existed (``adapt_config_hash``) stay valid."""
+        data = handler(self)
+        for key in self.LATER_KEYS:
+            if key in data and getattr(self, key) == type(self).model_fields[key].default:
+                del data[key]
+        return data
 
 
 class LutConfig(_Section):
@@ -151,10 +215,20 @@ class AdaptConfig(TrainConfig):
     batch_size: int = Field(64, ge=1)
     importance: str = "l2_norm"
     pick: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
-    stop_on: Literal["measured", "lut"] = Field(
-        "measured", description="which latency must meet the budget to stop"
+    latency_source: Literal["measured", "lut"] = Field(
+        "measured",
+        description="latency that sets targets and the stop: each pick's direct measurement, or the LUT "
+        "estimate (deterministic: the same run gives the same picks on a noisy machine)",
     )
-    fresh: bool = Field(False, description="discard an existing run_dir instead of resuming it")
+    fresh: bool = Field(False, description="move an existing run_dir aside instead of resuming it")
+    runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="where proposals run: a thread pool, a process pool, or Dask"
+    )
+    workers: int = Field(1, ge=1, description="proposals trained at once (each with adapt.threads)")
+    dask_address: str | None = Field(
+        None, description="runner dask: address of an existing scheduler (None: a local cluster)"
+    )
+    proposal_retries: int = Field(1, ge=0, description="retries of a failed proposal before it is skipped")
 
     @field_validator("importance")
     @classmethod

@@ -32,6 +32,7 @@ from .layers import layer_kind, leaf_modules, signature
 from .surgery import prunable_groups, prune_group
 
 LUT_FORMAT = "netadapt-lut/1"
+OVERLAY_FORMAT = "netadapt-lut-on-demand/1"
 
 
 class LutError(RuntimeError):
@@ -182,16 +183,41 @@ class LatencyLUT:
 
 
 class LatencyEstimator:
-    """Estimates a network's latency from the LUT, measuring missing signatures when allowed."""
+    """Estimates a network's latency from the LUT, measuring missing signatures when allowed.
 
-    def __init__(self, lut: LatencyLUT, platform, input_shape: tuple[int, ...], measure_missing: bool,
-                 path: str | Path | None = None) -> None:
+    Entries measured on demand go to an *overlay* file (``attach``), never into the LUT file itself,
+    so the LUT stays the LUT stage's output (DVC) while an adaptation keeps what it measured.
+    """
+
+    def __init__(self, lut: LatencyLUT, platform, input_shape: tuple[int, ...], measure_missing: bool) -> None:
         self.lut = lut
         self.platform = platform
         self.input_shape = tuple(input_shape)
         self.measure_missing = measure_missing
-        self.path = path
-        self.measured_on_demand = 0
+        self.overlay: Path | None = None
+        self.added: dict[str, dict[str, Any]] = {}
+
+    @property
+    def measured_on_demand(self) -> int:
+        return len(self.added)
+
+    def attach(self, overlay: str | Path) -> None:
+        """Read entries an earlier run measured on demand from ``overlay``; ``save`` writes there."""
+        self.overlay = Path(overlay)
+        if not self.overlay.is_file():
+            return
+        try:
+            raw = json.loads(self.overlay.read_text())
+            if raw.get("format") != OVERLAY_FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}")
+            entries = raw["entries"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LutError(f"{self.overlay} is corrupt ({exc}); delete it (its entries are re-measured)") from None
+        if raw.get("platform") != self.lut.platform or raw.get("network") != self.lut.network:
+            raise LutError(f"{self.overlay} was measured for another platform or network; delete it")
+        for sig, entry in entries.items():
+            self.lut.entries.setdefault(sig, entry)
+            self.added.setdefault(sig, entry)
 
     def uses(self, model: nn.Module) -> list[LayerUse]:
         return layer_uses(model, self.input_shape, self.platform.cfg.batch_size, self.platform.dtype)
@@ -203,7 +229,7 @@ class LatencyEstimator:
             return 0
         for sig, use in todo.items():
             self.lut.record(sig, self.platform.measure_layer(copy.deepcopy(use.module), use.input_shape))
-        self.measured_on_demand += len(todo)
+            self.added[sig] = self.lut.entries[sig]
         return len(todo)
 
     def layer_sum_ms(self, model: nn.Module) -> float:
@@ -217,8 +243,10 @@ class LatencyEstimator:
         return self.layer_sum_ms(model) + self.lut.rest_ms
 
     def save(self) -> None:
-        if self.path is not None:
-            self.lut.save(self.path)
+        """Write the on-demand entries to the attached overlay (nothing when none is attached)."""
+        if self.overlay is not None and self.added:
+            atomic_write_json(self.overlay, {"format": OVERLAY_FORMAT, "platform": self.lut.platform,
+                                             "network": self.lut.network, "entries": self.added})
 
 
 def _non_monotonic(lut: LatencyLUT, series: dict[Any, list[tuple[int, str]]], tolerance: float) -> set[str]:
@@ -259,6 +287,7 @@ def build_lut(
     lut.check_compatible(meta, network, "(existing)")
     lut.grid = grid
     estimator = LatencyEstimator(lut, platform, input_shape, measure_missing=True)
+    measured_before = len(lut.entries)
     base_uses = estimator.uses(model)
     base_sig = {u.name: u.signature for u in base_uses}
     series: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
@@ -281,6 +310,10 @@ def build_lut(
                     series[(group.id, use.name)].append((channels, use.signature))
                     remeasure.setdefault(use.signature, _LayerRecipe.of(use))
         log(f"  lut: group {group.id} ({group.channels} ch) done, {len(lut.entries)} entries")
+    if existing is not None and existing.rest_ms is not None and len(lut.entries) == measured_before:
+        # nothing new was measured: keep the rest term timed right after the entries it complements
+        log(f"  lut: the existing table already covers the grid ({len(lut.entries)} entries); kept")
+        return lut
     suspects = _non_monotonic(lut, series, cfg.monotonic_tolerance)
     first_suspects = len(suspects)
     for _ in range(cfg.remeasure_rounds):

@@ -1,6 +1,6 @@
-"""The pipeline's stages as plain functions of the settings: pretrain, lut, lut check, adapt,
-finetune, report. The CLI, DVC stages and orchestrators call these; each reads and writes files
-named in ``params.yaml`` and returns a small JSON-able record.
+"""The stages around the adaptation as plain functions of the settings: pretrain, lut, lut check,
+finetune, report (the adaptation's steps are in ``adapt``). The Prefect tasks in ``tasks/`` wrap
+these; each reads and writes files named in ``params.yaml`` and returns a small JSON-able record.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adapt import STATE_FILE, Context, RunState, adapt, make_context, measure_point, model_stats
+from .adapt import ON_DEMAND_FILE, STATE_FILE, Context, RunState, make_context, measure_point, model_stats
 from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import Params
 from .data import describe_data, load_data
@@ -111,7 +111,10 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     platform = make_platform(params.platform)
     lut = LatencyLUT.load(params.lut.path)
     lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
-    estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing, params.lut.path)
+    estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing)
+    overlay = Path(params.adapt.run_dir) / ON_DEMAND_FILE
+    if overlay.is_file():
+        estimator.attach(overlay)  # read only: the check writes nothing into the adaptation's run
     start = load_checkpoint(params.pretrain.checkpoint)[0] if Path(params.pretrain.checkpoint).is_file() else arch.build()
     networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
                 for ratio in params.lut.check_networks]
@@ -127,16 +130,11 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
         rows.append({"network": name, "lut_ms": round(lut_ms, 4), "measured_ms": round(measured, 4),
                      "rel_error": round((lut_ms - measured) / measured, 4)})
         log(f"  {name:24s} lut {lut_ms:8.3f} ms  measured {measured:8.3f} ms  error {rows[-1]['rel_error']:+.1%}")
-    estimator.save()
     write_csv(params.report.lut_check, rows)
     errors = [abs(r["rel_error"]) for r in rows]
     summary = {"networks": len(rows), "median_abs_rel_error": statistics.median(errors), "max_abs_rel_error": max(errors)}
     log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, max {summary['max_abs_rel_error']:.1%}")
     return summary
-
-
-def run_adapt(params: Params, log: Log = print) -> RunState:
-    return adapt(make_context(params, log))
 
 
 def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -203,7 +201,7 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
         final |= {k: tuned[k] for k in ("holdout_accuracy", "test_accuracy")}
         final["remeasured_ms_after_finetune"] = tuned["measured_ms"]  # same architecture, timed again
         final["finetuned"] = True
-    budget = budget_ms(state.start_ms, params.adapt)
+    budget = budget_ms(state.baseline["measured_ms"], params.adapt)
     metrics = {
         "baseline": baseline,
         "final": final,

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from netadapt_core.config import Params, load_params, with_overrides
 
@@ -102,4 +103,30 @@ def run_params(tmp_path, tiny_params, pretrained, tiny_lut):
     return make
 
 
+def write_params(params: Params, path: Path) -> str:
+    """Save settings as a params.yaml for flows and the CLI."""
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server (SQLite) for the whole session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def run_flow(prefect_server, tmp_path):
+    """Run a flow from ``flows`` on settings given as a Params object."""
+    def run(flow, params: Params, **kwargs):
+        return flow(write_params(params, tmp_path / "params.yaml"), [], **kwargs)
+
+    return run
+
+
 os.environ.setdefault("NETADAPT_NO_REEXEC", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

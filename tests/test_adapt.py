@@ -15,7 +15,7 @@ from netadapt_core.adapt import (
 from netadapt_core.checkpoint import file_sha256, load_checkpoint
 from netadapt_core.config import ConfigError
 from netadapt_core.lut import channel_grid
-from netadapt_core.pipeline import run_adapt
+from flows.adapt import adapt_flow
 from netadapt_core.schedule import budget_ms
 from netadapt_core.surgery import prune_group
 
@@ -59,19 +59,30 @@ def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
             assert estimate(plan.group, one_less) > target
 
 
-def test_adapt_stops_at_budget_and_resumes(run_params):
+def _state(params):
+    from netadapt_core.adapt import RunState
+
+    return RunState(**json.loads((Path(params.adapt.run_dir) / "state.json").read_text()))
+
+
+def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):
     params = run_params("adapt.max_iterations=1")
-    state = run_adapt(params, log=lambda _: None)
+    lut_sha = file_sha256(params.lut.path)
+    run_flow(adapt_flow, params)
+    assert file_sha256(params.lut.path) == lut_sha  # on-demand entries go to the run's overlay
+    state = _state(params)
     assert state.status in ("max_iterations", "done") and len(state.iterations) == 1
     first = state.iterations[0]
     assert Path(first["checkpoint"]).is_file() and file_sha256(first["checkpoint"]) == first["checkpoint_sha256"]
     assert len(first["proposals"]) >= 1 and sum(p["picked"] for p in first["proposals"]) == 1
 
     # resume with more iterations allowed: iteration 1 is kept as it was, the run goes on to the budget
-    resumed = run_adapt(run_params(), log=lambda _: None)
+    summary = run_flow(adapt_flow, run_params())
+    resumed = _state(params)
+    assert summary["status"] == "done" and summary["iterations"] == len(resumed.iterations)
     assert resumed.iterations[0] == first
     assert resumed.status == "done"
-    budget = budget_ms(resumed.start_ms, params.adapt)
+    budget = budget_ms(resumed.start_ms(params.adapt), params.adapt)
     assert resumed.iterations[-1]["measured_ms"] <= budget
     assert all(record["measured_ms"] > budget for record in [resumed.baseline, *resumed.iterations[:-1]])
     # every iteration's pick is a trade-off point with its own checkpoint and record
@@ -82,18 +93,18 @@ def test_adapt_stops_at_budget_and_resumes(run_params):
     assert len(state_file["iterations"]) == len(resumed.iterations)
 
 
-def test_changed_settings_refused_unless_fresh(run_params):
-    run_adapt(run_params("adapt.max_iterations=1"), log=lambda _: None)
+def test_changed_settings_refused_unless_fresh(run_params, run_flow):
+    run_flow(adapt_flow, run_params("adapt.max_iterations=1"))
     with pytest.raises(ConfigError, match="adapt.fresh=true"):
-        run_adapt(run_params("adapt.max_iterations=1", "adapt.short_term_steps=6"), log=lambda _: None)
+        run_flow(adapt_flow, run_params("adapt.max_iterations=1", "adapt.short_term_steps=6"))
     params = run_params("adapt.max_iterations=1", "adapt.short_term_steps=6", "adapt.fresh=true")
-    run_adapt(params, log=lambda _: None)
+    run_flow(adapt_flow, params)
     kept = list(Path(params.adapt.run_dir).parent.glob("run.old-*"))
     assert len(kept) == 1 and (kept[0] / "state.json").is_file()
 
 
-def test_unreachable_budget_fails_before_training(run_params):
+def test_unreachable_budget_fails_before_training(run_params, run_flow):
     params = run_params("adapt.budget_ratio=0.05")
     with pytest.raises(BudgetUnreachableError, match="unreachable.*min_channel_ratio"):
-        run_adapt(params, log=lambda _: None)
+        run_flow(adapt_flow, params)
     assert not Path(params.adapt.run_dir).exists()

@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 def _netadapt(cwd, *args):
     env = {**os.environ}
     env.pop("NETADAPT_NO_REEXEC", None)  # exercise the allocator re-exec as users get it
-    return subprocess.run([sys.executable, "-m", "netadapt_core.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,0 +1,96 @@
+"""``netadapt``: the command line. Each stage reads ``params.yaml`` (``--params``) plus
+``--set section.key=value`` overrides, and fails before any work on a bad setting.
+
+    netadapt all                      # pretrain, lut, adapt, finetune, report
+    netadapt lut --check              # LUT estimate against measurement
+    netadapt adapt --set adapt.budget_ratio=0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from netadapt_core.adapt import STATE_FILE, BudgetUnreachableError, open_estimator
+from netadapt_core.checkpoint import CheckpointError, load_checkpoint
+from netadapt_core.config import ConfigError, Params, load_params
+from netadapt_core.data import DataMissingError
+from netadapt_core.layers import UnsupportedLayerError
+from netadapt_core.lut import LutError
+from netadapt_core.platforms import ALLOCATOR_ENV
+
+STAGES = ("pretrain", "lut", "adapt", "finetune", "report", "all")
+USER_ERRORS = (
+    ConfigError, DataMissingError, CheckpointError, LutError, BudgetUnreachableError, UnsupportedLayerError,
+    FileNotFoundError, KeyError,
+)
+
+
+def _reexec_with_allocator_settings(argv: list[str]) -> None:
+    """Latency measurements need a steady allocator; glibc reads its settings only at start-up."""
+    if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()) or os.environ.get("NETADAPT_NO_REEXEC"):
+        return
+    env = {**os.environ, **ALLOCATOR_ENV}
+    os.execve(sys.executable, [sys.executable, "-m", "flows.cli", *argv], env)
+
+
+def _prefect_environment() -> None:
+    """Prefect keeps its database and results inside the project (``.prefect/``, ignored by git)
+    unless the user points PREFECT_HOME or PREFECT_API_URL elsewhere."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def preflight(stage: str, params: Params) -> None:
+    """Check a stage's inputs before starting Prefect, so a missing or broken file is reported
+    plainly (the stages check again; this only front-loads the common mistakes)."""
+    if stage == "adapt":
+        _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+        open_estimator(params, arch, tuple(meta["input_shape"]))
+    if stage in ("finetune", "report"):
+        state = Path(params.adapt.run_dir) / STATE_FILE
+        if not state.is_file():
+            raise FileNotFoundError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
+    if stage == "report":
+        load_checkpoint(params.pretrain.checkpoint)
+
+
+def run_stage(stage: str, params_path: str | None, overrides: list[str], check: bool = False) -> None:
+    """Run the stage's Prefect flow: the one path by which every stage runs."""
+    _prefect_environment()
+    from .pipeline import FLOWS
+
+    kwargs = {"check": True} if stage == "lut" and check else {}
+    started = time.perf_counter()
+    FLOWS[stage](params_path, overrides, **kwargs)
+    print(f"== netadapt {stage} done in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="netadapt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--params", default=None, help="settings file (default: ./params.yaml if present)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--check", action="store_true", help="with lut: compare estimates to measurements")
+    args = parser.parse_args(argv)
+    params_path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    try:
+        preflight(args.stage, load_params(params_path, args.overrides))  # fail before any work
+        if args.stage in ("lut", "adapt", "all"):
+            _reexec_with_allocator_settings(argv)
+        run_stage(args.stage, params_path, args.overrides, args.check)
+    except USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"netadapt {args.stage}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``netadapt_core`` that pass paths and small records."""

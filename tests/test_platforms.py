@@ -1,0 +1,176 @@
+"""Target platforms, measured for real on the tiny CNN: torch-cpu, onnxruntime-cpu, the command
+platform through the stand-in device script, and torch-cuda where a GPU is present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from netadapt_core.checkpoint import Architecture
+from netadapt_core.config import ConfigError, PlatformConfig, load_params
+from netadapt_core.lut import LatencyEstimator, build_lut, network_fingerprint
+from netadapt_core.models import build_model
+from netadapt_core.pipeline import uniform_variant
+from netadapt_core.platforms import PLATFORMS, PlatformError, make_platform, parse_latency
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "command_platform.yaml"
+SHAPE = (1, 28, 28)
+FAST = ["platform.warmup=2", "platform.repeats=3", "platform.min_sample_ms=0.2", "platform.network_repeats=5"]
+
+
+def platform_cfg(*overrides: str) -> PlatformConfig:
+    return load_params(None, [*FAST, *overrides]).platform
+
+
+def stand_in_cfg(*overrides: str) -> PlatformConfig:
+    """The example file's stand-in command, with the script's absolute path (tests run anywhere)."""
+    example = load_params(EXAMPLE).platform
+    command = [str(ROOT / a) if a.endswith("stand_in_device.py") else a for a in example.command]
+    return platform_cfg("platform.name=command", f"platform.command={command}",
+                        f"platform.device_name={example.device_name}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    return build_model("tiny_cnn", num_classes=10, in_channels=1).eval()
+
+
+@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "command"])
+def test_platform_measures_a_layer_and_a_network(name, tiny):
+    cfg = stand_in_cfg() if name == "command" else platform_cfg(f"platform.name={name}")
+    platform = make_platform(cfg)
+    layer = platform.measure_layer(tiny.down[0], (8, 8, 28, 28))
+    network = platform.measure_network(tiny, SHAPE)
+    assert layer.median_ms > 0 and network.median_ms > 0
+    assert network.median_ms > layer.median_ms
+    meta = platform.metadata()
+    assert meta["platform"] == name and meta["batch_size"] == cfg.batch_size
+    assert set(platform.environment()) >= {"hostname", "method"}
+
+
+def test_onnxruntime_times_a_bigger_layer_longer():
+    platform = make_platform(platform_cfg("platform.name=onnxruntime-cpu", "platform.repeats=5"))
+    small = platform.measure_layer(nn.Conv2d(4, 4, 1, bias=False), (1, 4, 8, 8))
+    big = platform.measure_layer(nn.Conv2d(64, 128, 3, padding=1, bias=False), (1, 64, 28, 28))
+    assert big.median_ms > 10 * small.median_ms
+
+
+def test_fused_layers_cost_little_on_onnxruntime():
+    """BatchNorm folds into the conv before it: timed alone it would cost a whole graph run."""
+    platform = make_platform(platform_cfg("platform.name=onnxruntime-cpu", "platform.repeats=5"))
+    shape = (1, 32, 28, 28)
+    conv = platform.measure_layer(nn.Conv2d(32, 32, 3, padding=1, bias=False), shape)
+    bn = platform.measure_layer(nn.BatchNorm2d(32), shape)
+    assert 0 <= bn.median_ms < 0.2 * conv.median_ms
+
+
+def test_command_platform_end_to_end_through_the_stand_in(tiny):
+    cfg = stand_in_cfg()
+    platform = make_platform(cfg)
+    meta = platform.metadata()
+    assert meta["command"] == cfg.command and meta["device_name"].startswith("stand-in")
+    assert platform.measure_network(tiny, SHAPE).samples == cfg.network_repeats  # the script's own count
+    argv = platform.argv(Path("/tmp/m.onnx"), (8, 1, 28, 28), 7)
+    assert argv[2:6] == ["/tmp/m.onnx", "--warmup", "2", "--repeats"] and argv[6] == "7"
+
+
+def test_example_file_is_valid_and_runnable_from_the_repository(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_params(EXAMPLE, FAST).platform
+    assert cfg.name == "command" and "{onnx}" in cfg.command
+    assert make_platform(cfg).measure_layer(nn.Conv2d(1, 8, 3, padding=1), (1, 1, 28, 28)).median_ms > 0
+
+
+@pytest.mark.parametrize(
+    ("code", "timeout", "message"),
+    [
+        ("import sys; print('boom', file=sys.stderr); sys.exit(3)", 60, "exit status 3.*boom"),
+        ("print('device busy')", 60, "printed no latency.*device busy"),
+        ("print('latency_ms: -1')", 60, "printed no latency"),
+        ("import time; time.sleep(60)", 0.5, "timed out after 0.5 s.*command_timeout_s"),
+    ],
+    ids=["fails", "no-latency", "bad-latency", "timeout"],
+)
+def test_command_platform_errors(code, timeout, message):
+    cfg = platform_cfg("platform.name=command", f'platform.command=["{{python}}", "-c", "{code}"]',
+                       f"platform.command_timeout_s={timeout}")
+    with pytest.raises(PlatformError, match=message):
+        make_platform(cfg).measure_layer(nn.Conv2d(1, 4, 3), (1, 1, 8, 8))
+
+
+def test_command_that_cannot_start_names_it():
+    cfg = platform_cfg("platform.name=command", "platform.command=[/nonexistent/bench, '{onnx}']")
+    with pytest.raises(PlatformError, match="could not start"):
+        make_platform(cfg).measure_layer(nn.Conv2d(1, 4, 3), (1, 1, 8, 8))
+
+
+def test_latency_line_format():
+    assert parse_latency("warming up\nlatency_ms: 1.5 iqr_ms: 0.25 samples: 9\n").median_ms == 1.5
+    assert parse_latency("latency_ms: 2\nlatency_ms: 3e-1\n").median_ms == pytest.approx(0.3)
+    assert parse_latency("latency: 2 ms") is None
+    assert parse_latency("latency_ms: nan") is None
+
+
+def test_platform_settings_are_validated():
+    with pytest.raises(ConfigError) as err:
+        load_params(None, ["platform.name=tpu"])
+    for known in ("command", "onnxruntime-cpu", "torch-cpu", "torch-cuda"):
+        assert known in str(err.value)
+    with pytest.raises(KeyError, match="known: command, onnxruntime-cpu, torch-cpu, torch-cuda"):
+        PLATFORMS.get("tpu")
+    with pytest.raises(ConfigError, match="needs platform.command"):
+        load_params(None, ["platform.name=command"])
+    with pytest.raises(ConfigError, match=r"unknown placeholder.*'model'.*known: \{onnx\}"):
+        load_params(None, ["platform.command=[bench, '{model}']"])
+    with pytest.raises(ConfigError, match="platform.device"):
+        load_params(None, ["platform.device=gpu0"])
+
+
+def test_torch_cpu_settings_and_metadata_keep_their_old_form():
+    """Existing LUTs and run hashes depend on these staying exactly as before the new platforms."""
+    assert set(PlatformConfig().model_dump()) == {
+        "name", "threads", "batch_size", "dtype", "warmup", "repeats", "min_sample_ms", "network_repeats",
+    }
+    assert set(make_platform(PlatformConfig()).metadata()) == {
+        "platform", "threads", "batch_size", "dtype", "cpu", "machine", "torch",
+    }
+    assert "graph_optimization" in PlatformConfig(graph_optimization="basic").model_dump()
+
+
+def test_onnxruntime_lut_works_with_the_estimator(tiny, tmp_path):
+    params = load_params(None, [
+        *FAST, "platform.name=onnxruntime-cpu", "lut.channel_step=8", "lut.min_channel_ratio=0.5",
+        "lut.remeasure_rounds=0",
+    ])
+    platform = make_platform(params.platform)
+    arch = Architecture("tiny_cnn", {"num_classes": 10, "in_channels": 1})
+    lut = build_lut(tiny, arch, SHAPE, platform, params.lut, log=lambda _: None)
+    lut.save(tmp_path / "lut.json")
+    lut.check_compatible(platform.metadata(), network_fingerprint(arch, SHAPE))
+    assert lut.platform["platform"] == "onnxruntime-cpu" and lut.entries
+    estimator = LatencyEstimator(lut, platform, SHAPE, measure_missing=True)
+    smaller = uniform_variant(tiny, SHAPE, lut.grid, 0.5)
+    full_ms, small_ms = estimator.estimate_ms(tiny), estimator.estimate_ms(smaller)
+    assert estimator.measured_on_demand > 0  # layers with both sides pruned were not on the grid
+    assert 0 < small_ms < full_ms
+    measured = platform.measure_network(smaller, SHAPE).median_ms
+    assert 0.5 < small_ms / measured < 2  # loose: a ~20 us network on a shared machine
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no GPU is present")
+def test_torch_cuda_without_a_gpu_names_the_fix():
+    with pytest.raises(PlatformError, match="needs a CUDA GPU.*Fix: .*torch-cpu"):
+        make_platform(platform_cfg("platform.name=torch-cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_cuda_measures_a_layer_and_a_network(tiny):
+    platform = make_platform(platform_cfg("platform.name=torch-cuda"))
+    assert platform.measure_layer(tiny.down[0], (8, 8, 28, 28)).median_ms > 0
+    assert platform.measure_network(tiny, SHAPE).median_ms > 0
+    assert next(tiny.parameters()).device.type == "cpu"  # the caller's model stays where it was
+    assert platform.metadata()["gpu"]
