@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         f"lut.channel_step={args.step}", f"lut.min_channel_ratio={args.min_ratio}", *args.overrides,
     ])
     print(f"platform settings: {dict(params.platform)}; "
-          f"lut: step {args.step}, min ratio {args.min_ratio}")
+          f"lut: step {args.step}, min ratio {args.min_ratio}; load average {os.getloadavg()[0]:.2f}")
     torch.set_num_threads(args.threads)  # the untimed bookkeeping passes; platforms set their own
     errors = []
     for name in args.model:
         errors += run_model(name, args, params)
     print(f"\nall models: median {statistics.median(errors):.2%}, max {max(errors):.2%} "
-          f"over {len(errors)} networks")
+          f"over {len(errors)} networks; load average {os.getloadavg()[0]:.2f} (other work skews timings)")
     return 0
 
 

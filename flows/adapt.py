@@ -34,6 +34,7 @@ from netadapt_core.schedule import budget_ms
 from tasks.adapt import commit, make_proposal, plan, result_from_dict
 
 from .runners import make_task_runner
+from .tracking import AdaptTracker, check_tracking
 
 
 def _progress(state, cfg, budget: float) -> float:
@@ -61,8 +62,12 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     params = load_params(params_path, overrides)
     cfg = params.adapt
     logger = get_run_logger()
+    check_tracking(params.tracking)  # a tracking server that is down stops the run now, not mid-way
     ctx = make_context(params, log=print)
     run_dir, state = open_run(ctx)
+    tracker = AdaptTracker.start(params, run_dir, state, str(flow_run.id))
+    if tracker:
+        tracker.log_iterations(state)
     budget = budget_ms(state.start_ms(cfg), cfg)
     print(f"start {state.start_ms(cfg):.3f} ms ({cfg.latency_source}), budget {budget:.3f} ms")
     progress = create_progress_artifact(_progress(state, cfg, budget), description="latency removed / needed (%)")
@@ -102,7 +107,11 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             create_table_artifact(_proposal_table(record), key=f"iteration-{iteration:03d}",
                                   description=f"iteration {iteration}: proposals (target {target:.3f} ms)")
             update_progress_artifact(progress, _progress(state, cfg, budget))
+            if tracker:
+                tracker.log_iterations(state)
     finish_run(ctx, run_dir, state)
+    if tracker:
+        tracker.finish(state)
     return {"status": state.status, "iterations": len(state.iterations), "start_ms": state.start_ms(cfg),
             "final_ms": state.latency(state.current, cfg), "budget_ms": budget, "run_dir": str(run_dir),
             "picks": [(r["group"], r["channels_after"]) for r in state.iterations],

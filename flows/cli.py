@@ -1,7 +1,7 @@
 """``netadapt``: the command line. Each stage reads ``params.yaml`` (``--params``) plus
 ``--set section.key=value`` overrides, and fails before any work on a bad setting.
 
-    netadapt all                      # pretrain, lut, adapt, finetune, report
+    netadapt all                      # data, pretrain, lut, adapt, lut check, finetune, report
     netadapt lut --check              # LUT estimate against measurement
     netadapt adapt --set adapt.budget_ratio=0.6
 """
@@ -20,12 +20,14 @@ from netadapt_core.config import ConfigError, Params, load_params
 from netadapt_core.data import DataMissingError
 from netadapt_core.layers import UnsupportedLayerError
 from netadapt_core.lut import LutError
-from netadapt_core.platforms import ALLOCATOR_ENV
+from netadapt_core.platforms import ALLOCATOR_ENV, PlatformError
 
-STAGES = ("pretrain", "lut", "adapt", "finetune", "report", "all")
+from .tracking import TrackingUnavailableError, check_tracking
+
+STAGES = ("data", "pretrain", "lut", "adapt", "finetune", "report", "all")
 USER_ERRORS = (
     ConfigError, DataMissingError, CheckpointError, LutError, BudgetUnreachableError, UnsupportedLayerError,
-    FileNotFoundError, KeyError,
+    FileNotFoundError, KeyError, TrackingUnavailableError, PlatformError,
 )
 
 
@@ -48,6 +50,8 @@ def _prefect_environment() -> None:
 def preflight(stage: str, params: Params) -> None:
     """Check a stage's inputs before starting Prefect, so a missing or broken file is reported
     plainly (the stages check again; this only front-loads the common mistakes)."""
+    if stage in ("adapt", "finetune", "report", "all"):
+        check_tracking(params.tracking)
     if stage == "adapt":
         _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
         open_estimator(params, arch, tuple(meta["input_shape"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -10,6 +11,7 @@ from netadapt_core.config import load_params
 from tasks import stages
 
 from .adapt import adapt_flow
+from .tracking import AdaptTracker, check_tracking
 
 
 @flow(name="netadapt-pretrain", log_prints=True)
@@ -24,27 +26,50 @@ def lut_flow(params_path: str | None = "params.yaml", overrides: list[str] | Non
     return stages.check_lut(params) if check else stages.build_lut(params)
 
 
+@flow(name="netadapt-data", log_prints=True)
+def data_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    return stages.data(load_params(params_path, overrides))
+
+
 @flow(name="netadapt-finetune", log_prints=True)
 def finetune_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    return stages.finetune(load_params(params_path, overrides))
+    params = load_params(params_path, overrides)
+    check_tracking(params.tracking)
+    results = stages.finetune(params)
+    tracker = AdaptTracker.resume(params)
+    if tracker:
+        tracker.log_finetuned(results, results[-1]["checkpoint"])
+    return results
 
 
 @flow(name="netadapt-report", log_prints=True)
 def report_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    return stages.report(load_params(params_path, overrides))
+    params = load_params(params_path, overrides)
+    check_tracking(params.tracking)
+    metrics = stages.report(params)
+    tracker = AdaptTracker.resume(params)
+    if tracker:
+        r = params.report
+        plots = sorted(Path(r.plots_dir).glob("*.png")) if Path(r.plots_dir).is_dir() else []
+        files = [Path(p) for p in (r.metrics, r.tradeoff, r.layers, r.lut_check, r.data, params.lut.path)]
+        tracker.log_reports(files + plots)
+    return metrics
 
 
 @flow(name="netadapt-pipeline", log_prints=True)
 def pipeline_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """pretrain -> lut -> adapt -> finetune -> report."""
+    """data -> pretrain -> lut -> adapt -> lut check -> finetune -> report."""
+    data_flow(params_path, overrides)
     pretrain_flow(params_path, overrides)
     lut_flow(params_path, overrides)
     adapt_flow(params_path, overrides)
+    lut_flow(params_path, overrides, check=True)
     finetune_flow(params_path, overrides)
     return report_flow(params_path, overrides)
 
 
 FLOWS = {
+    "data": data_flow,
     "pretrain": pretrain_flow,
     "lut": lut_flow,
     "adapt": adapt_flow,

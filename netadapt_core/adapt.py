@@ -52,7 +52,8 @@ from .training import evaluate, train
 STATE_FILE = "state.json"
 MAX_HALVINGS = 3  # an iteration whose step no group can take retries with half the step
 # the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
-EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries"}
+EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
+                      "on_changed_settings"}
 PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance"}
 
 
@@ -112,17 +113,14 @@ def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     return {"macs": int(macs), "params": int(n_params)}
 
 
-ON_DEMAND_FILE = "lut_on_demand.json"
-
-
 def open_estimator(params: Params, arch: Architecture, input_shape: tuple[int, ...]) -> LatencyEstimator:
     """Load the LUT, check it was measured on this platform for this network, and attach the
-    run's overlay of entries measured on demand (``<adapt.run_dir>/lut_on_demand.json``)."""
+    overlay of entries measured on demand (``lut.on_demand_path``)."""
     platform = make_platform(params.platform)
     lut = LatencyLUT.load(params.lut.path)
     lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
     estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing)
-    estimator.attach(Path(params.adapt.run_dir) / ON_DEMAND_FILE)
+    estimator.attach(params.lut.on_demand_path)
     return estimator
 
 
@@ -313,7 +311,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         if same and not params.adapt.fresh:
             ctx.log(f"resuming {run_dir}: {len(old.iterations)} iteration(s) done")
             return run_dir, old
-        if not params.adapt.fresh:
+        if not params.adapt.fresh and params.adapt.on_changed_settings == "refuse":
             raise ConfigError(
                 f"{run_dir} holds an adaptation with other settings or another pretrained network "
                 f"(hash {old.config_hash}, now {config_hash}). Fix: set adapt.fresh=true to start over "
@@ -322,7 +320,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(kept)
         ctx.log(f"fresh start: previous run moved to {kept}")
-    elif run_dir.exists() and any(p.name != ON_DEMAND_FILE for p in run_dir.iterdir()):
+    elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} exists but has no {STATE_FILE}; move it away or pick another adapt.run_dir")
     model, _, _ = load_checkpoint(params.pretrain.checkpoint)
     baseline_ckpt = run_dir / "iter_000.pt"  # copied there once the run is known to be feasible
@@ -339,6 +337,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
     state = RunState(config_hash, pretrained_sha, baseline)
     state.save(run_dir)
+    ctx.estimator.save()
     return run_dir, state
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
+    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
 
@@ -108,10 +108,6 @@ class PlatformConfig(_Section):
     COMMAND_PLACEHOLDERS: ClassVar[tuple[str, ...]] = (
         "onnx", "batch", "input_shape", "repeats", "warmup", "threads", "min_sample_ms", "python",
     )
-    # keys added after torch-cpu; omitted from dumps while at their defaults (see _omit_unset_keys)
-    LATER_KEYS: ClassVar[tuple[str, ...]] = (
-        "device", "graph_optimization", "onnx_opset", "command", "command_timeout_s", "device_name",
-    )
 
     name: str = "torch-cpu"
     threads: int = Field(1, ge=1)
@@ -172,16 +168,6 @@ class PlatformConfig(_Section):
             )
         return self
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_keys(self, handler: Any) -> dict[str, Any]:
-        """Leave keys added after torch-cpu out of dumps while at their defaults, so hashes of runs
-        made before they existed (``adapt_config_hash``) stay valid."""
-        data = handler(self)
-        for key in self.LATER_KEYS:
-            if key in data and getattr(self, key) == type(self).model_fields[key].default:
-                del data[key]
-        return data
-
 
 class LutConfig(_Section):
     path: str = "artifacts/lut.json"
@@ -193,6 +179,10 @@ class LutConfig(_Section):
     monotonic_tolerance: float = Field(0.05, ge=0, description="relative dip that counts as non-monotonic")
     measure_missing: bool = Field(
         True, description="measure signatures the LUT lacks during adaptation (else: fail)"
+    )
+    on_demand_path: str = Field(
+        "artifacts/lut_on_demand.json",
+        description="entries measured on demand, kept beside the LUT and shared by every run",
     )
     check_networks: list[float] = Field(
         default_factory=lambda: [1.0, 0.75, 0.5],
@@ -229,6 +219,9 @@ class AdaptConfig(TrainConfig):
         None, description="runner dask: address of an existing scheduler (None: a local cluster)"
     )
     proposal_retries: int = Field(1, ge=0, description="retries of a failed proposal before it is skipped")
+    on_changed_settings: Literal["refuse", "restart"] = Field(
+        "refuse", description="run_dir holds a run with other settings: refuse, or move it aside and restart"
+    )
 
     @field_validator("importance")
     @classmethod
@@ -251,10 +244,23 @@ class FinetuneConfig(TrainConfig):
     out_dir: str = "artifacts/finetuned"
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking (done by the flows; the core library never imports MLflow)."""
+
+    enabled: bool = True
+    uri: str = Field("sqlite:///mlflow.db", description="sqlite:///FILE, or http(s)://host:port of a server")
+    experiment: str = "netadapt"
+    registered_model: str = Field("netadapt-adapted", description="registry name of the final model")
+    connect_timeout_s: float = Field(5.0, gt=0, description="how long to wait for a tracking server")
+
+
 class ReportConfig(_Section):
     metrics: str = "reports/metrics.json"
     tradeoff: str = "reports/tradeoff.csv"
     lut_check: str = "reports/lut_check.csv"
+    layers: str = "reports/layers.csv"
+    data: str = "reports/data.json"
+    plots_dir: str = "reports/plots"
 
 
 class Params(_Section):
@@ -266,6 +272,7 @@ class Params(_Section):
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def section_hash(self, *sections: str) -> str:
         """Short content hash of the named sections: what a cached result depends on."""

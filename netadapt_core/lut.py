@@ -202,7 +202,10 @@ class LatencyEstimator:
         return len(self.added)
 
     def attach(self, overlay: str | Path) -> None:
-        """Read entries an earlier run measured on demand from ``overlay``; ``save`` writes there."""
+        """Read entries measured on demand earlier from ``overlay``; ``save`` writes there.
+
+        An overlay for another platform or network (the LUT was rebuilt) is ignored and replaced.
+        """
         self.overlay = Path(overlay)
         if not self.overlay.is_file():
             return
@@ -214,7 +217,7 @@ class LatencyEstimator:
         except (ValueError, KeyError, TypeError) as exc:
             raise LutError(f"{self.overlay} is corrupt ({exc}); delete it (its entries are re-measured)") from None
         if raw.get("platform") != self.lut.platform or raw.get("network") != self.lut.network:
-            raise LutError(f"{self.overlay} was measured for another platform or network; delete it")
+            return
         for sig, entry in entries.items():
             self.lut.entries.setdefault(sig, entry)
             self.added.setdefault(sig, entry)
@@ -244,7 +247,7 @@ class LatencyEstimator:
 
     def save(self) -> None:
         """Write the on-demand entries to the attached overlay (nothing when none is attached)."""
-        if self.overlay is not None and self.added:
+        if self.overlay is not None:
             atomic_write_json(self.overlay, {"format": OVERLAY_FORMAT, "platform": self.lut.platform,
                                              "network": self.lut.network, "entries": self.added})
 

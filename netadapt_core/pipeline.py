@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adapt import ON_DEMAND_FILE, STATE_FILE, Context, RunState, make_context, measure_point, model_stats
+from .adapt import STATE_FILE, Context, RunState, make_context, measure_point, model_stats
 from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import Params
 from .data import describe_data, load_data
@@ -36,6 +36,20 @@ def architecture(params: Params) -> tuple[Architecture, tuple[int, int, int]]:
         "first_stride": m.first_stride, "dropout": m.dropout,
     }
     return Architecture(m.name, kwargs), (in_channels, size, size)
+
+
+def run_data(params: Params, log: Log = print) -> dict[str, Any]:
+    """Stage the data set and describe the split (sizes, class counts) in ``report.data``."""
+    data = load_data(params.data)
+    summary = {
+        "dataset": params.data.dataset,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "train": len(data.train), "holdout": len(data.holdout), "test": len(data.test),
+    }
+    atomic_write_json(params.report.data, summary)
+    log(f"data: {summary}")
+    return summary
 
 
 def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
@@ -112,9 +126,7 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     lut = LatencyLUT.load(params.lut.path)
     lut.check_compatible(platform.metadata(), network_fingerprint(arch, input_shape), params.lut.path)
     estimator = LatencyEstimator(lut, platform, input_shape, params.lut.measure_missing)
-    overlay = Path(params.adapt.run_dir) / ON_DEMAND_FILE
-    if overlay.is_file():
-        estimator.attach(overlay)  # read only: the check writes nothing into the adaptation's run
+    estimator.attach(params.lut.on_demand_path)  # read only: the check never saves
     start = load_checkpoint(params.pretrain.checkpoint)[0] if Path(params.pretrain.checkpoint).is_file() else arch.build()
     networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
                 for ratio in params.lut.check_networks]
@@ -232,5 +244,71 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
             "test_accuracy_finetuned": tuned.get("test_accuracy", ""),
         })
     write_csv(params.report.tradeoff, rows)
+    layers = layer_widths(params, last["checkpoint"])
+    write_csv(params.report.layers, layers)
+    write_plots(params, rows, layers)
     log(json.dumps(metrics, indent=2))
     return metrics
+
+
+def layer_widths(params: Params, adapted_checkpoint: str) -> list[dict[str, Any]]:
+    """Filters per prunable group, original against adapted (the paper's per-layer analysis)."""
+    original, _, meta = load_checkpoint(params.pretrain.checkpoint)
+    adapted, _, _ = load_checkpoint(adapted_checkpoint)
+    shape = tuple(meta["input_shape"])
+    after = {g.id: g.channels for g in prunable_groups(adapted, shape)}
+    return [
+        {"layer": index, "group": g.id, "original_filters": g.channels, "adapted_filters": after.get(g.id, 0),
+         "kept_share": round(after.get(g.id, 0) / g.channels, 4)}
+        for index, g in enumerate(prunable_groups(original, shape))
+    ]
+
+
+def write_plots(params: Params, tradeoff: list[dict[str, Any]], layers: list[dict[str, Any]]) -> list[Path]:
+    """PNG figures: accuracy against latency over iterations, filters per layer, LUT check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(params.report.plots_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["measured_ms"] for r in tradeoff], [r["holdout_accuracy"] for r in tradeoff], "o-")
+    for r in tradeoff:
+        ax.annotate(str(r["iteration"]), (r["measured_ms"], r["holdout_accuracy"]), fontsize=7)
+    ax.set(xlabel="measured latency (ms)", ylabel="holdout accuracy (short-term fine-tuned)",
+           title="NetAdapt trade-off: one point per iteration")
+    ax.invert_xaxis()
+    written.append(out / "tradeoff.png")
+    fig.tight_layout()
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.4), 4))
+    xs = range(len(layers))
+    ax.bar([x - 0.2 for x in xs], [r["original_filters"] for r in layers], 0.4, label="original")
+    ax.bar([x + 0.2 for x in xs], [r["adapted_filters"] for r in layers], 0.4, label="adapted")
+    ax.set(xlabel="layer (prunable group)", ylabel="filters", title="Filters per layer")
+    ax.set_xticks(list(xs))
+    ax.legend()
+    written.append(out / "layers.png")
+    fig.tight_layout()
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    check = Path(params.report.lut_check)
+    if check.is_file():
+        rows = list(csv.DictReader(check.open()))
+        if rows:
+            fig, ax = plt.subplots(figsize=(5, 5))
+            measured = [float(r["measured_ms"]) for r in rows]
+            estimated = [float(r["lut_ms"]) for r in rows]
+            ax.scatter(measured, estimated)
+            low, high = min(measured + estimated), max(measured + estimated)
+            ax.plot([low, high], [low, high], "k--", lw=1)
+            ax.set(xlabel="measured latency (ms)", ylabel="LUT estimate (ms)", title="LUT against measurement")
+            written.append(out / "lut_check.png")
+            fig.tight_layout()
+            fig.savefig(written[-1], dpi=110)
+            plt.close(fig)
+    return written

@@ -16,6 +16,11 @@ from netadapt_core import pipeline
 from netadapt_core.config import Params
 
 
+@task(name="data", cache_policy=NO_CACHE)
+def data(params: Params) -> dict[str, Any]:
+    return pipeline.run_data(params)
+
+
 @task(name="pretrain", cache_policy=NO_CACHE)
 def pretrain(params: Params) -> dict[str, Any]:
     return pipeline.run_pretrain(params)

@@ -34,6 +34,7 @@ def tiny_overrides(root: Path, data_root: Path) -> list[str]:
         "platform.min_sample_ms=0.2",
         "platform.network_repeats=15",
         f"lut.path={out}/lut.json",
+        f"lut.on_demand_path={out}/lut_on_demand.json",
         "lut.channel_step=4",
         "lut.min_channel_ratio=0.25",
         "lut.check_networks=[1.0, 0.5]",
@@ -47,6 +48,11 @@ def tiny_overrides(root: Path, data_root: Path) -> list[str]:
         f"report.metrics={out}/metrics.json",
         f"report.tradeoff={out}/tradeoff.csv",
         f"report.lut_check={out}/lut_check.csv",
+        f"report.layers={out}/layers.csv",
+        f"report.data={out}/data.json",
+        f"report.plots_dir={out}/plots",
+        f"tracking.uri=sqlite:///{out}/mlflow.db",
+        "tracking.registered_model=netadapt-test",
     ]
 
 
@@ -97,7 +103,8 @@ def run_params(tmp_path, tiny_params, pretrained, tiny_lut):
     def make(*extra: str) -> Params:
         overrides = [f"adapt.run_dir={tmp_path}/run", f"finetune.out_dir={tmp_path}/finetuned",
                      f"report.metrics={tmp_path}/metrics.json", f"report.tradeoff={tmp_path}/tradeoff.csv",
-                     *extra]
+                     f"report.lut_check={tmp_path}/lut_check.csv", f"report.layers={tmp_path}/layers.csv",
+                     f"report.data={tmp_path}/data.json", f"report.plots_dir={tmp_path}/plots", *extra]
         return with_overrides(tiny_params, overrides)
 
     return make

@@ -69,7 +69,7 @@ def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):
     params = run_params("adapt.max_iterations=1")
     lut_sha = file_sha256(params.lut.path)
     run_flow(adapt_flow, params)
-    assert file_sha256(params.lut.path) == lut_sha  # on-demand entries go to the run's overlay
+    assert file_sha256(params.lut.path) == lut_sha  # on-demand entries go to lut.on_demand_path
     state = _state(params)
     assert state.status in ("max_iterations", "done") and len(state.iterations) == 1
     first = state.iterations[0]

@@ -40,7 +40,7 @@ def test_netadapt_all_on_real_data(tmp_path, data_root):
     assert any(r["network"].startswith("adapt_iter_") for r in checked)
 
     rerun = _netadapt(tmp_path, "adapt", *sets)  # finished run: resumes and has nothing to do
-    assert rerun.returncode == 0 and "resuming" in rerun.stdout
+    assert rerun.returncode == 0 and "resuming" in rerun.stdout + rerun.stderr
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path, data_root):

@@ -33,7 +33,9 @@ def _state(params) -> dict:
 
 def test_one_task_per_group_then_a_pick(run_params, run_flow):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId,
+    )
 
     params = run_params(*DETERMINISTIC, "adapt.max_iterations=1", "adapt.workers=2")
     summary = run_flow(adapt_flow, params)
@@ -46,7 +48,10 @@ def test_one_task_per_group_then_a_pick(run_params, run_flow):
         proposals = sorted(r.name for r in runs if r.name.startswith("proposal "))
         assert proposals == sorted(f"proposal {g} (iteration 0)" for g in groups)
         assert all(r.state.is_completed() for r in runs)
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["iteration-001"])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["iteration-001"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(summary["flow_run_id"])])))
+        assert len(artifacts) == 1
         rows = json.loads(artifacts[0].data) if isinstance(artifacts[0].data, str) else artifacts[0].data
         assert {row["group"] for row in rows} == set(groups) and sum(row["picked"] for row in rows) == 1
     assert Counter((e["iteration"], e["group"]) for e in _journal(params)) == Counter((0, g) for g in groups)
