@@ -82,6 +82,18 @@ def cpu_model() -> str:
     return pyplatform.processor() or pyplatform.machine()
 
 
+def host_metadata(name: str, cfg: PlatformConfig) -> dict[str, Any]:
+    """The keys every CPU platform's LUTs are tied to: platform, threads, batch, dtype, CPU."""
+    return {
+        "platform": name,
+        "threads": cfg.threads,
+        "batch_size": cfg.batch_size,
+        "dtype": cfg.dtype,
+        "cpu": cpu_model(),
+        "machine": pyplatform.machine(),
+    }
+
+
 def time_callables(fns: list, warmup: int, repeats: int, min_sample_ms: float) -> list[Measurement]:
     """Median per-call wall time (ms) of each of ``fns``, their samples interleaved.
 
@@ -171,15 +183,7 @@ class TorchCPU(_Platform):
 
     def metadata(self) -> dict[str, Any]:
         """What a measurement depends on; a LUT from a platform with other values is refused."""
-        return {
-            "platform": self.name,
-            "threads": self.cfg.threads,
-            "batch_size": self.cfg.batch_size,
-            "dtype": self.cfg.dtype,
-            "cpu": cpu_model(),
-            "machine": pyplatform.machine(),
-            "torch": torch.__version__,
-        }
+        return {**host_metadata(self.name, self.cfg), "torch": torch.__version__}
 
     def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int) -> list[Measurement]:
         previous_threads = torch.get_num_threads()
@@ -407,12 +411,7 @@ class OnnxRuntimeCPU(_OnnxPlatform):
     def metadata(self) -> dict[str, Any]:
         """What a measurement depends on; a LUT from a platform with other values is refused."""
         return {
-            "platform": self.name,
-            "threads": self.cfg.threads,
-            "batch_size": self.cfg.batch_size,
-            "dtype": self.cfg.dtype,
-            "cpu": cpu_model(),
-            "machine": pyplatform.machine(),
+            **host_metadata(self.name, self.cfg),
             "onnxruntime": self._ort.__version__,
             "graph_optimization": self.cfg.graph_optimization,
             **super().metadata(),  # opset, exporter (torch) version, layer timing method
