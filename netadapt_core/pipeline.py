@@ -144,9 +144,35 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
         log(f"  {name:24s} lut {lut_ms:8.3f} ms  measured {measured:8.3f} ms  error {rows[-1]['rel_error']:+.1%}")
     write_csv(params.report.lut_check, rows)
     errors = [abs(r["rel_error"]) for r in rows]
-    summary = {"networks": len(rows), "median_abs_rel_error": statistics.median(errors), "max_abs_rel_error": max(errors)}
-    log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, max {summary['max_abs_rel_error']:.1%}")
+    summary = {
+        "networks": len(rows),
+        "mean_abs_rel_error": statistics.mean(errors),
+        "median_abs_rel_error": statistics.median(errors),
+        "max_abs_rel_error": max(errors),
+        "rank_correlation": rank_correlation([r["lut_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+    }
+    log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, mean {summary['mean_abs_rel_error']:.1%}, "
+        f"max {summary['max_abs_rel_error']:.1%}, rank correlation {summary['rank_correlation']:.3f}")
     return summary
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho: does the LUT order networks as measurement does? (1 = same order)"""
+    if len(a) < 2:
+        return 1.0
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        for rank, index in enumerate(order):
+            result[index] = float(rank)
+        return result
+
+    ra, rb = ranks(a), ranks(b)
+    mean = (len(a) - 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb))
+    var = sum((x - mean) ** 2 for x in ra)
+    return cov / var
 
 
 def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, Any], out_dir: Path) -> dict[str, Any]:

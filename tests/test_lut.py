@@ -137,3 +137,11 @@ def test_timer_takes_the_median():
     durations = iter([0.0] * 100)
     measurement = time_callable(lambda: next(durations, None), warmup=2, repeats=5, min_sample_ms=0.01)
     assert measurement.samples == 5 and measurement.median_ms >= 0
+
+
+def test_rank_correlation():
+    from netadapt_core.pipeline import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
