@@ -100,7 +100,7 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
                     logger.warning(f"proposal for {p.group} failed after retries; skipped: {future.state.message}")
             if not results:
                 raise RuntimeError(f"iteration {iteration}: every proposal failed; see the task logs")
-            best = pick_best(results, cfg.pick, parent["holdout_accuracy"], state.latency(parent, cfg))
+            best = pick_best(results, cfg.pick, parent["holdout_accuracy"], state.planning_latency(parent, cfg))
             timing = {"plan_s": round(planned - started, 3), "proposals_s": round(time.perf_counter() - planned, 3)}
             record = commit(ctx, run_dir, state, best, results, target, timing, iteration)
             print(describe_iteration(record))

@@ -273,8 +273,16 @@ class RunState:
     status: str = "running"
 
     def latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
-        """A record's latency as the run counts it (``adapt.latency_source``)."""
+        """A record's latency for the stop (``adapt.latency_source``): measured, or the LUT's."""
         return record["measured_ms" if cfg.latency_source == "measured" else "lut_ms"]
+
+    def planning_latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
+        """A record's latency for setting targets: the LUT estimate, scaled in ``measured`` mode so
+        that the start equals its measurement. Free of measurement noise, so targets move smoothly;
+        the stop still waits for the measurement."""
+        if cfg.latency_source == "lut":
+            return record["lut_ms"]
+        return record["lut_ms"] * self.baseline["measured_ms"] / self.baseline["lut_ms"]
 
     def start_ms(self, cfg: AdaptConfig) -> float:
         return self.latency(self.baseline, cfg)
@@ -411,7 +419,7 @@ def plan_iteration(ctx: Context, run_dir: Path, state: RunState) -> tuple[list[P
     current = state.current
     parent, _, _ = load_checkpoint(current["checkpoint"])
     reduction = reduction_ms(i, state.start_ms(cfg), cfg)
-    current_ms = state.latency(current, cfg)
+    current_ms = state.planning_latency(current, cfg)
     for _ in range(MAX_HALVINGS + 1):
         target = current_ms - reduction
         plans = plan_proposals(ctx, parent, i, current_ms, target)

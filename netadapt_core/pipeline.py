@@ -18,7 +18,7 @@ from .adapt import STATE_FILE, Context, RunState, make_context, measure_point, m
 from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import Params
 from .data import describe_data, load_data
-from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, channel_grid, network_fingerprint
+from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
 from .platforms import make_platform
 from .schedule import budget_ms
 from .surgery import prunable_groups, prune_group
@@ -105,18 +105,6 @@ def run_lut(params: Params, log: Log = print) -> dict[str, Any]:
     lut = build_lut(arch.build().eval(), arch, input_shape, platform, params.lut, existing, log)
     lut.save(params.lut.path)
     return lut.stats
-
-
-def uniform_variant(model, input_shape, grid: dict[str, dict[str, int]], ratio: float):
-    """A copy of ``model`` with every group cut to the grid width nearest ``ratio`` of the original."""
-    variant = copy.deepcopy(model)
-    for group in prunable_groups(variant, input_shape):
-        g = grid[group.id]
-        options = channel_grid(g["original"], g["step"], g["min"])
-        want = min(options, key=lambda c: abs(c - ratio * g["original"]))
-        if want < group.channels:
-            prune_group(variant, group.id, group.channels - want, input_shape)
-    return variant
 
 
 def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class CountingPlatform:
         uses = layer_uses(model, tuple(input_shape), 1)
         return Measurement(sum(self.measure_layer(u.module, u.input_shape).median_ms for u in uses) + 1.0, 0, 1)
 
+    def measure_networks(self, models, input_shape):
+        return [self.measure_network(m, input_shape) for m in models]
+
 
 def test_lut_build_lookup_and_rest_term(tiny_params):
     from netadapt_core.lut import build_lut
@@ -75,7 +78,8 @@ def test_lut_build_lookup_and_rest_term(tiny_params):
     model = arch.build().eval()
     platform = CountingPlatform()
     lut = build_lut(model, arch, shape, platform, tiny_params.lut, log=lambda _: None)
-    assert lut.rest_ms == pytest.approx(1.0)  # the network measurement's extra millisecond
+    # calibration fits network = scale * layers + rest: exactly 1 x layers + the extra millisecond
+    assert lut.scale == pytest.approx(1.0) and lut.rest_ms == pytest.approx(1.0)
     assert lut.stats["entries"] == len(lut.entries)
     assert lut.stats["non_monotonic_first"] == 0  # MAC counts never fall as channels grow
     estimator = LatencyEstimator(lut, platform, shape, measure_missing=True)
