@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, extra in configurations.items():
             run_dir = Path(tmp) / label.replace(" ", "_")
-            overrides = [*args.overrides, "adapt.latency_source=lut", f"adapt.max_iterations={args.iterations}",
+            overrides = [*args.overrides, "tracking.enabled=false", "adapt.latency_source=lut", f"adapt.max_iterations={args.iterations}",
                          f"adapt.run_dir={run_dir}", *extra]
             adapt_flow(args.params, overrides)
             state = json.loads((run_dir / "state.json").read_text())

@@ -139,6 +139,7 @@ class AdaptTracker:
     def finish(self, state: RunState) -> None:
         self.client.set_tag(self.run_id, "status", state.status)
         self.client.log_metric(self.run_id, "iterations", len(state.iterations))
+        self.client.set_terminated(self.run_id, "FINISHED")  # finetune and report may still add to it
 
     def log_finetuned(self, results: list[dict[str, Any]], final_checkpoint: str) -> None:
         """Finetune metrics (step = iteration) and the final network, logged and registered."""

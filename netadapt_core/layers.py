@@ -9,7 +9,7 @@ type, settings and input shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -138,8 +138,3 @@ def signature(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtyp
     """
     shape = "x".join(str(s) for s in input_shape)
     return f"{type(module).__name__}({module.extra_repr()})@{shape}:{str(dtype).removeprefix('torch.')}"
-
-
-def describe(module: nn.Module) -> dict[str, Any]:
-    kind = LAYER_KINDS.get(type(module))
-    return {"type": type(module).__name__, **(kind.channels(module) if kind else {})}

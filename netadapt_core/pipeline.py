@@ -5,7 +5,6 @@ these; each reads and writes files named in ``params.yaml`` and returns a small 
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -21,7 +20,7 @@ from .data import describe_data, load_data
 from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
 from .platforms import make_platform
 from .schedule import budget_ms
-from .surgery import prunable_groups, prune_group
+from .surgery import prunable_groups
 from .training import evaluate, steps_for_epochs, train
 
 Log = Callable[[str], None]

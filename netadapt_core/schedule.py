@@ -23,10 +23,5 @@ def reduction_ms(iteration: int, start_ms: float, cfg: AdaptConfig) -> float:
     return delta0 * cfg.reduction_decay**iteration
 
 
-def target_ms(iteration: int, current_ms: float, start_ms: float, cfg: AdaptConfig) -> float:
-    """The latency a proposal of iteration ``iteration`` must meet."""
-    return current_ms - reduction_ms(iteration, start_ms, cfg)
-
-
 def budget_met(latency_ms: float, start_ms: float, cfg: AdaptConfig) -> bool:
     return latency_ms <= budget_ms(start_ms, cfg)

@@ -1,7 +1,7 @@
 import pytest
 
 from netadapt_core.config import load_params
-from netadapt_core.schedule import budget_met, budget_ms, reduction_ms, target_ms
+from netadapt_core.schedule import budget_met, budget_ms, reduction_ms
 
 
 def test_ratio_schedule_decays():
@@ -9,7 +9,6 @@ def test_ratio_schedule_decays():
     assert reduction_ms(0, 20.0, cfg) == pytest.approx(2.0)
     assert reduction_ms(1, 20.0, cfg) == pytest.approx(1.0)
     assert reduction_ms(3, 20.0, cfg) == pytest.approx(0.25)
-    assert target_ms(1, 15.0, 20.0, cfg) == pytest.approx(14.0)
 
 
 def test_absolute_schedule_and_budget():

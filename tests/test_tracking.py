@@ -24,6 +24,7 @@ def test_pipeline_is_tracked_and_model_registered(run_params, run_flow, tmp_path
     client = MlflowClient(tracking_uri=params.tracking.uri)
     run_id = json.loads((Path(params.adapt.run_dir) / RUN_FILE).read_text())["run_id"]
     run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
     assert run.data.tags["config_hash"] and run.data.tags["prefect_flow_run_id"] and run.data.tags["git_commit"]
     assert run.data.params["adapt.budget_ratio"] == str(params.adapt.budget_ratio)
     n = metrics["iterations"]
