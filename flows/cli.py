@@ -39,7 +39,7 @@ def _reexec_with_allocator_settings(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "flows.cli", *argv], env)
 
 
-def _prefect_environment() -> None:
+def prefect_environment() -> None:
     """Prefect keeps its database and results inside the project (``.prefect/``, ignored by git)
     unless the user points PREFECT_HOME or PREFECT_API_URL elsewhere."""
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
@@ -65,7 +65,7 @@ def preflight(stage: str, params: Params) -> None:
 
 def run_stage(stage: str, params_path: str | None, overrides: list[str], check: bool = False) -> None:
     """Run the stage's Prefect flow: the one path by which every stage runs."""
-    _prefect_environment()
+    prefect_environment()
     from .pipeline import FLOWS
 
     kwargs = {"check": True} if stage == "lut" and check else {}
