@@ -1,7 +1,7 @@
 """The adaptation flow: NetAdapt's Algorithm 1 with one parallel task per proposal.
 
     net_0 = pretrained, measured                                   open_run
-    while latency(net_i) > budget:
+    while resource(net_i) > budget (every budget, primary first):
         target_i, plans = per group, fewest filters that meet it   plan (LUT, flow process)
         proposals = prune + short-term fine-tune + holdout score   make_proposal (worker pool)
         net_{i+1} = best proposal, measured directly, saved        pick_best, commit
@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 
 from netadapt_core.adapt import (
     JOURNAL_FILE,
@@ -30,16 +30,19 @@ from netadapt_core.adapt import (
     proposal_path,
 )
 from netadapt_core.config import load_params
-from netadapt_core.schedule import budget_ms
+from netadapt_core.resources import format_value
 from tasks.adapt import commit, make_proposal, plan, result_from_dict
 
 from .runners import make_task_runner
 from .tracking import AdaptTracker, check_tracking
 
 
-def _progress(state, cfg, budget: float) -> float:
-    start, now = state.start_ms(cfg), state.latency(state.current, cfg)
-    return max(0.0, min(100.0, 100.0 * (start - now) / max(start - budget, 1e-9)))
+def _progress(state, cfg) -> float:
+    """Share of the way to the primary budget (the budget most runs are about)."""
+    budget = state.budgets(cfg)[0]
+    start = state.values(state.baseline, cfg)[budget.resource]
+    now = state.values(state.current, cfg)[budget.resource]
+    return max(0.0, min(100.0, 100.0 * (start - now) / max(start - budget.limit, 1e-9)))
 
 
 def _proposal_table(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,6 +52,8 @@ def _proposal_table(record: dict[str, Any]) -> list[dict[str, Any]]:
             "filters_removed": p["channels_before"] - p["channels_after"],
             "channels": f"{p['channels_before']} -> {p['channels_after']}",
             "lut_latency_ms": round(p["estimated_ms"], 4),
+            "macs": p.get("estimated_macs", ""),
+            "params": p.get("estimated_params", ""),
             "holdout_accuracy": round(p["holdout_accuracy"], 4),
             "picked": p["picked"],
         }
@@ -58,7 +63,7 @@ def _proposal_table(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 @flow(name="netadapt-adapt", log_prints=True)
 def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Adapt the pretrained network to the latency budget; resumes a run left in ``adapt.run_dir``."""
+    """Adapt the pretrained network to its budgets; resumes a run left in ``adapt.run_dir``."""
     params = load_params(params_path, overrides)
     cfg = params.adapt
     logger = get_run_logger()
@@ -68,9 +73,11 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     tracker = AdaptTracker.start(params, run_dir, state, str(flow_run.id))
     if tracker:
         tracker.log_iterations(state)
-    budget = budget_ms(state.start_ms(cfg), cfg)
-    print(f"start {state.start_ms(cfg):.3f} ms ({cfg.latency_source}), budget {budget:.3f} ms")
-    progress = create_progress_artifact(_progress(state, cfg, budget), description="latency removed / needed (%)")
+    all_budgets = state.budgets(cfg)
+    print(f"start {state.start_ms(cfg):.3f} ms ({cfg.latency_source}), budgets: "
+          + "; ".join(b.describe() for b in all_budgets))
+    progress = create_progress_artifact(_progress(state, cfg),
+                                        description=f"{cfg.resource} removed / needed for its budget (%)")
     params_json = params.model_dump_json()
     proposal_task = make_proposal.with_options(retries=cfg.proposal_retries)
     with make_task_runner(cfg) as runner:
@@ -105,14 +112,17 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             record = commit(ctx, run_dir, state, best, results, target, timing, iteration)
             print(describe_iteration(record))
             create_table_artifact(_proposal_table(record), key=f"iteration-{iteration:03d}",
-                                  description=f"iteration {iteration}: proposals (target {target:.3f} ms)")
-            update_progress_artifact(progress, _progress(state, cfg, budget))
+                                  description=f"iteration {iteration}: proposals (target "
+                                              f"{format_value(record['resource'], target)})")
+            update_progress_artifact(progress, _progress(state, cfg))
             if tracker:
                 tracker.log_iterations(state)
     finish_run(ctx, run_dir, state)
     if tracker:
         tracker.finish(state)
     return {"status": state.status, "iterations": len(state.iterations), "start_ms": state.start_ms(cfg),
-            "final_ms": state.latency(state.current, cfg), "budget_ms": budget, "run_dir": str(run_dir),
+            "final_ms": state.latency(state.current, cfg), "run_dir": str(run_dir),
+            "budgets": [{"resource": b.resource, "limit": b.limit, "primary": b.primary,
+                         "met": b.met(state.values(state.current, cfg)[b.resource])} for b in all_budgets],
             "picks": [(r["group"], r["channels_after"]) for r in state.iterations],
             "flow_run_id": str(flow_run.id)}

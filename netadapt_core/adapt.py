@@ -10,8 +10,12 @@
         measure it, save it (checkpoint + record)         # commit_iteration
     return the family net_1 ... net_n
 
-``resource(net_i)`` is the directly measured latency; a proposal's latency is that measurement
-plus the LUT's difference between the proposal and net_i, so the LUT's absolute error cancels.
+``resource`` is ``adapt.resource``: latency (default), MACs or parameters. Latency is the direct
+measurement of net_i; a proposal's latency is that measurement plus the LUT's difference between
+the proposal and net_i, so the LUT's absolute error cancels. MACs and parameters are counted.
+With secondary budgets (``adapt.constraints``), the iteration is driven by the first budget not yet
+met (the primary first), proposals that would break a budget already met are rejected, and the loop
+runs until every budget holds.
 
 Each step takes and returns paths and plain records; ``flows/adapt.py`` composes them as a Prefect
 flow that runs the proposals in parallel, caches them and resumes interrupted runs.
@@ -30,8 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch_pruning as tp
 from torch import nn
 
 from .checkpoint import (
@@ -45,7 +47,8 @@ from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, load_data
 from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
 from .platforms import make_platform
-from .schedule import budget_met, budget_ms, reduction_ms
+from .resources import Budget, count_macs_params, format_value
+from .schedule import budgets, reduction, unmet
 from .surgery import prunable_groups, prune_group
 from .training import evaluate, train
 
@@ -63,7 +66,8 @@ class BudgetUnreachableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ProposalPlan:
-    """What one proposal will do: remove ``n_remove`` filters of group ``group`` (LUT says enough)."""
+    """What one proposal will do: remove ``n_remove`` filters of group ``group``, the fewest that
+    meet the iteration's target on ``resource``; its estimated latency (LUT), MACs and parameters."""
 
     iteration: int
     group: str
@@ -71,10 +75,16 @@ class ProposalPlan:
     channels_after: int
     estimated_ms: float
     seed: int
+    resource: str = "latency"
+    estimated_macs: int = 0
+    estimated_params: int = 0
 
     @property
     def n_remove(self) -> int:
         return self.channels_before - self.channels_after
+
+    def estimates(self) -> dict[str, float]:
+        return {"latency": self.estimated_ms, "macs": self.estimated_macs, "params": self.estimated_params}
 
 
 @dataclass(frozen=True)
@@ -107,12 +117,6 @@ class Context:
         return self.estimator.platform
 
 
-def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """MACs and parameter count (Torch-Pruning's counter)."""
-    macs, n_params = tp.utils.count_ops_and_params(model, example_inputs=torch.zeros(1, *input_shape))
-    return {"macs": int(macs), "params": int(n_params)}
-
-
 def open_estimator(params: Params, arch: Architecture, input_shape: tuple[int, ...]) -> LatencyEstimator:
     """Load the LUT, check it was measured on this platform for this network, and attach the
     overlay of entries measured on demand (``lut.on_demand_path``)."""
@@ -130,11 +134,39 @@ def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
     return Context(params, data, open_estimator(params, arch, data.input_shape), log)
 
 
-def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current_ms: float, target: float) -> list[ProposalPlan]:
-    """One plan per group that can meet ``target``: the fewest filters (grid multiples) that do.
+class _GroupEstimates:
+    """Resource estimates of ``parent`` with one group cut to a given width, each variant built once:
+    latency by the LUT (anchored at the parent's planning latency), MACs and parameters counted."""
 
-    A group's latency falls as it loses filters, so the search is a bisection over its grid. Groups
-    already at their minimum, or unable to reach the target even there, make no proposal.
+    def __init__(self, ctx: Context, parent: nn.Module, group: str, channels: int, latency_offset: float,
+                 resource: str) -> None:
+        self.ctx, self.parent, self.group, self.channels = ctx, parent, group, channels
+        self.latency_offset, self.resource = latency_offset, resource
+        self.cache: dict[tuple[int, str], float] = {}
+        self.variants: dict[int, nn.Module] = {}
+
+    def __call__(self, channels: int, what: str | None = None) -> float:
+        what = what or self.resource
+        if (channels, what) not in self.cache:
+            if channels not in self.variants:
+                self.variants[channels] = copy.deepcopy(self.parent)
+                prune_group(self.variants[channels], self.group, self.channels - channels, self.ctx.input_shape)
+            variant = self.variants[channels]
+            if what == "latency":
+                self.cache[channels, what] = self.latency_offset + self.ctx.estimator.layer_sum_ms(variant)
+            else:
+                self.cache.update({(channels, k): v for k, v in count_macs_params(variant, self.ctx.input_shape).items()})
+        return self.cache[channels, what]
+
+
+def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dict[str, float], target: float,
+                   resource: str = "latency", guards: list[Budget] = ()) -> list[ProposalPlan]:
+    """One plan per group that can meet ``target`` on ``resource``: the fewest filters (grid
+    multiples) that do. ``current`` holds the parent's planning value of every resource.
+
+    A group's resource use falls as it loses filters, so the search is a bisection over its grid.
+    Groups already at their minimum, or unable to reach the target even there, make no proposal;
+    nor does one that would break a budget in ``guards`` (budgets the parent meets).
     """
     base_sum = ctx.estimator.layer_sum_ms(parent)
     grid = ctx.estimator.lut.grid
@@ -146,15 +178,7 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current_ms: 
         options = [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
         if not options:
             continue
-        cache: dict[int, float] = {}
-
-        def estimate(channels: int) -> float:
-            if channels not in cache:
-                variant = copy.deepcopy(parent)
-                prune_group(variant, group.id, group.channels - channels, ctx.input_shape)
-                cache[channels] = current_ms - (base_sum - ctx.estimator.layer_sum_ms(variant))
-            return cache[channels]
-
+        estimate = _GroupEstimates(ctx, parent, group.id, group.channels, current["latency"] - base_sum, resource)
         if estimate(options[-1]) > target:
             continue
         lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
@@ -164,8 +188,16 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current_ms: 
                 hi = mid
             else:
                 lo = mid + 1
+        channels = options[hi]
         seed = ctx.params.adapt.seed + 1000 * iteration + index
-        plans.append(ProposalPlan(iteration, group.id, group.channels, options[hi], estimate(options[hi]), seed))
+        plan = ProposalPlan(iteration, group.id, group.channels, channels, estimate(channels, "latency"), seed,
+                            resource, int(estimate(channels, "macs")), int(estimate(channels, "params")))
+        broken = [b for b in guards if not b.met(plan.estimates()[b.resource])]
+        if broken:
+            ctx.log(f"iteration {iteration + 1}: {group.id} -> {channels} rejected: it would break "
+                    + ", ".join(b.describe() for b in broken))
+            continue
+        plans.append(plan)
     ctx.estimator.save()
     return plans
 
@@ -190,10 +222,15 @@ def finished_proposal(out_path: str | Path, key: str) -> ProposalResult | None:
         record = json.loads(record_path.read_text())
         if record["key"] != key or file_sha256(record["checkpoint"]) != record["checkpoint_sha256"]:
             return None
-        return ProposalResult(ProposalPlan(**record["plan"]), record["checkpoint"],
+        return ProposalResult(plan_from_dict(record["plan"]), record["checkpoint"],
                               record["holdout_accuracy"], record["train_seconds"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def plan_from_dict(record: dict[str, Any]) -> ProposalPlan:
+    """A plan from a record that may hold more keys (a result) or, from older runs, fewer."""
+    return ProposalPlan(**{k: record[k] for k in ProposalPlan.__dataclass_fields__ if k in record})
 
 
 def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan: ProposalPlan,
@@ -259,7 +296,7 @@ def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | No
             "measured_raw_ms": own.median_ms,
             "reference_raw_ms": ref.median_ms,
         }
-    return {**measured, "lut_ms": ctx.estimator.estimate_ms(model), **model_stats(model, ctx.input_shape)}
+    return {**measured, "lut_ms": ctx.estimator.estimate_ms(model), **count_macs_params(model, ctx.input_shape)}
 
 
 @dataclass
@@ -286,6 +323,20 @@ class RunState:
 
     def start_ms(self, cfg: AdaptConfig) -> float:
         return self.latency(self.baseline, cfg)
+
+    def values(self, record: dict[str, Any], cfg: AdaptConfig, planning: bool = False) -> dict[str, float]:
+        """A record's value of every resource: latency for the stop (or, ``planning``, for targets),
+        MACs and parameters."""
+        latency = self.planning_latency(record, cfg) if planning else self.latency(record, cfg)
+        return {"latency": latency, "macs": float(record["macs"]), "params": float(record["params"])}
+
+    def budgets(self, cfg: AdaptConfig) -> list[Budget]:
+        """Every budget of the run (primary first), resolved against the start network."""
+        return budgets(self.values(self.baseline, cfg), cfg)
+
+    def unmet(self, cfg: AdaptConfig) -> list[Budget]:
+        """The budgets the current network does not meet yet."""
+        return unmet(self.values(self.current, cfg), self.budgets(cfg))
 
     @property
     def current(self) -> dict[str, Any]:
@@ -338,8 +389,8 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads),
         **measure_point(ctx, model),
     }
-    start = baseline["measured_ms" if params.adapt.latency_source == "measured" else "lut_ms"]
-    check_reachable(ctx, model, budget_ms(start, params.adapt), start)
+    probe = RunState(config_hash, pretrained_sha, baseline)
+    check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(params.pretrain.checkpoint, baseline_ckpt)
     baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
@@ -349,21 +400,30 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     return run_dir, state
 
 
-def check_reachable(ctx: Context, model: nn.Module, budget: float, start_ms: float) -> None:
-    """Fail before any training if even the smallest network the grid allows misses the budget."""
+def check_reachable(ctx: Context, model: nn.Module, all_budgets: list[Budget], start: dict[str, float]) -> None:
+    """Fail before any training if even the smallest network the grid allows misses a budget."""
     smallest = copy.deepcopy(model)
     for group in prunable_groups(smallest, ctx.input_shape):
         g = ctx.estimator.lut.grid[group.id]
         floor = channel_grid(g["original"], g["step"], g["min"])[-1]
         if floor < group.channels:
             prune_group(smallest, group.id, group.channels - floor, ctx.input_shape)
-    floor_ms = start_ms - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest))
-    if floor_ms > budget:
+    floors = {
+        "latency": start["latency"] - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest)),
+        **count_macs_params(smallest, ctx.input_shape),
+    }
+    missed = [b for b in all_budgets if not b.met(floors[b.resource])]
+    if missed:
+        what = "; ".join(
+            f"{b.describe()} (start {format_value(b.resource, start[b.resource])}, smallest network "
+            f"{format_value(b.resource, floors[b.resource])}{' by the LUT' if b.resource == 'latency' else ''})"
+            for b in missed
+        )
         raise BudgetUnreachableError(
-            f"budget {budget:.3f} ms is unreachable: with every layer at its minimum width "
-            f"(lut.min_channel_ratio={ctx.params.lut.min_channel_ratio}) the LUT estimates {floor_ms:.3f} ms "
-            f"(start {start_ms:.3f} ms). Fix: raise adapt.budget_ratio / adapt.budget_ms, or "
-            "lower lut.min_channel_ratio and rebuild the LUT."
+            f"unreachable budget: with every layer at its minimum width (lut.min_channel_ratio="
+            f"{ctx.params.lut.min_channel_ratio}) the network still misses {what}. Fix: raise "
+            "adapt.budget_ratio / adapt.budget or the constraint, or lower lut.min_channel_ratio and "
+            "rebuild the LUT."
         )
 
 
@@ -385,7 +445,8 @@ def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: Proposa
         "channels_before": best.plan.channels_before,
         "channels_after": best.plan.channels_after,
         "filters_removed": best.plan.n_remove,
-        "target_ms": target,
+        "resource": best.plan.resource,
+        "target": target,
         "estimated_ms": best.plan.estimated_ms,
         "holdout_accuracy": best.holdout_accuracy,
         "checkpoint": str(final_ckpt),
@@ -404,35 +465,42 @@ def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: Proposa
 
 
 def budget_reached(state: RunState, cfg: AdaptConfig) -> bool:
-    """Whether net_i meets the budget, by measurement (default) or by the LUT (``adapt.latency_source``)."""
-    return budget_met(state.latency(state.current, cfg), state.start_ms(cfg), cfg)
+    """Whether net_i meets every budget; latency by measurement (default) or by the LUT
+    (``adapt.latency_source``)."""
+    return not state.unmet(cfg)
 
 
 def plan_iteration(ctx: Context, run_dir: Path, state: RunState) -> tuple[list[ProposalPlan], float]:
     """Iteration i's target and one plan per group able to meet it.
 
-    When no group alone can take the scheduled step, the step is halved (``MAX_HALVINGS`` times)
-    before the run is declared stuck; finished iterations stay on disk either way.
+    The target is on the first budget not yet met (the primary first); budgets already met guard
+    against proposals that would break them. When no group alone can take the scheduled step, the
+    step is halved (``MAX_HALVINGS`` times) before the run is declared stuck; finished iterations
+    stay on disk either way.
     """
     cfg = ctx.params.adapt
     i = len(state.iterations)
     current = state.current
     parent, _, _ = load_checkpoint(current["checkpoint"])
-    reduction = reduction_ms(i, state.start_ms(cfg), cfg)
-    current_ms = state.planning_latency(current, cfg)
+    missing = state.unmet(cfg)
+    driving = missing[0] if missing else state.budgets(cfg)[0]
+    guards = [b for b in state.budgets(cfg) if b not in missing]
+    now = state.values(current, cfg, planning=True)
+    step = reduction(i, driving.resource, state.values(state.baseline, cfg, planning=True), cfg)
     for _ in range(MAX_HALVINGS + 1):
-        target = current_ms - reduction
-        plans = plan_proposals(ctx, parent, i, current_ms, target)
+        target = now[driving.resource] - step
+        plans = plan_proposals(ctx, parent, i, now, target, driving.resource, guards)
         if plans:
             return plans, target
-        ctx.log(f"iteration {i + 1}: no layer alone can remove {reduction:.3f} ms; halving the step")
-        reduction /= 2
+        ctx.log(f"iteration {i + 1}: no layer alone can remove {format_value(driving.resource, step)}; "
+                "halving the step")
+        step /= 2
     state.status = "stuck"
     state.save(run_dir)
     raise BudgetUnreachableError(
-        f"iteration {i + 1}: no layer can remove even {reduction * 2:.3f} ms (network at "
-        f"{current_ms:.3f} ms, budget {budget_ms(state.start_ms(cfg), cfg):.3f} ms). The {i} finished "
-        f"iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
+        f"iteration {i + 1}: no layer can remove even {format_value(driving.resource, step * 2)} (network at "
+        f"{format_value(driving.resource, now[driving.resource])}, budget {driving.describe()}). The {i} "
+        f"finished iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
     )
 
 
@@ -453,9 +521,11 @@ def finish_run(ctx: Context, run_dir: Path, state: RunState) -> RunState:
 
 
 def describe_iteration(record: dict[str, Any]) -> str:
+    resource = record.get("resource", "latency")
     return (
         f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
-        f"{record['channels_after']}  target {record['target_ms']:.3f}  lut {record['lut_ms']:.3f}  "
-        f"measured {record['measured_ms']:.3f} ms  holdout {record['holdout_accuracy']:.4f}  "
-        f"({len(record['proposals'])} proposals, {record['seconds']:.0f}s)"
+        f"{record['channels_after']}  target {resource} {format_value(resource, record['target'])}  "
+        f"lut {record['lut_ms']:.3f}  measured {record['measured_ms']:.3f} ms  "
+        f"{format_value('macs', record['macs'])}  {format_value('params', record['params'])}  "
+        f"holdout {record['holdout_accuracy']:.4f}  ({len(record['proposals'])} proposals, {record['seconds']:.0f}s)"
     )

@@ -190,14 +190,43 @@ class LutConfig(_Section):
     )
 
 
+Resource = Literal["latency", "macs", "params"]
+# keys of earlier versions: a params.yaml that still uses one gets told the new name
+RENAMED_KEYS = {"budget_ms": "adapt.budget (in the unit of adapt.resource: ms for latency)",
+                "initial_reduction_ms": "adapt.initial_reduction (in the unit of adapt.resource)"}
+
+
+class BudgetSpec(_Section):
+    """A secondary budget on one resource: a share of the start network's value, or a limit."""
+
+    ratio: float | None = Field(None, gt=0, lt=1, description="share of the start network's value")
+    max: float | None = Field(None, gt=0, description="absolute limit: ms (latency), MACs or parameters")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetSpec:
+        if (self.ratio is None) == (self.max is None):
+            raise ValueError("give a constraint exactly one of ratio (share of the start) or max (absolute)")
+        return self
+
+
 class AdaptConfig(TrainConfig):
-    """The NetAdapt loop: schedule, budget, proposals."""
+    """The NetAdapt loop: schedule, budgets, proposals."""
 
     run_dir: str = "runs/adapt"
+    resource: Resource = Field(
+        "latency", description="primary resource: sets each iteration's target and so each proposal's size"
+    )
     budget_ratio: float | None = Field(0.5, gt=0, lt=1, description="budget as a share of the start")
-    budget_ms: float | None = Field(None, gt=0, description="absolute budget in ms (overrides ratio)")
+    budget: float | None = Field(
+        None, gt=0, description="absolute budget in the resource's unit: ms, MACs or parameters (overrides ratio)"
+    )
+    constraints: dict[Resource, BudgetSpec] = Field(
+        default_factory=dict,
+        description="secondary budgets, e.g. {params: {max: 1.0e6}}: proposals that would break one already "
+        "met are rejected, and the run stops only when every budget holds",
+    )
     initial_reduction_ratio: float | None = Field(0.1, gt=0, lt=1)
-    initial_reduction_ms: float | None = Field(None, gt=0)
+    initial_reduction: float | None = Field(None, gt=0, description="absolute delta_0 in the resource's unit")
     reduction_decay: float = Field(0.96, gt=0, le=1, description="delta_i = delta_0 * decay**i")
     max_iterations: int = Field(30, ge=1)
     short_term_steps: int = Field(20, ge=0, description="SGD steps of short-term fine-tuning")
@@ -228,12 +257,26 @@ class AdaptConfig(TrainConfig):
     def _known_importance(cls, name: str) -> str:
         return _registered("importance criterion", name)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in RENAMED_KEYS.items():
+                if old in data:
+                    raise ValueError(f"adapt.{old} was renamed: use {new}")
+        return data
+
     @model_validator(mode="after")
     def _one_budget(self) -> AdaptConfig:
-        if self.budget_ms is None and self.budget_ratio is None:
-            raise ValueError("set adapt.budget_ratio (share of the start latency) or adapt.budget_ms")
-        if self.initial_reduction_ms is None and self.initial_reduction_ratio is None:
-            raise ValueError("set adapt.initial_reduction_ratio or adapt.initial_reduction_ms")
+        if self.budget is None and self.budget_ratio is None:
+            raise ValueError("set adapt.budget_ratio (share of the start) or adapt.budget (absolute)")
+        if self.initial_reduction is None and self.initial_reduction_ratio is None:
+            raise ValueError("set adapt.initial_reduction_ratio or adapt.initial_reduction")
+        if self.resource in self.constraints:
+            raise ValueError(
+                f"adapt.constraints.{self.resource} repeats the primary resource (adapt.resource); "
+                "set its budget with adapt.budget_ratio / adapt.budget instead"
+            )
         return self
 
 

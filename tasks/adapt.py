@@ -21,6 +21,7 @@ from netadapt_core.adapt import (
     ProposalResult,
     RunState,
     commit_iteration,
+    plan_from_dict,
     plan_iteration,
     run_proposal,
 )
@@ -57,7 +58,7 @@ def make_proposal(params_json: str, parent_checkpoint: str, plan: dict[str, Any]
 
 @task(name="plan-iteration", cache_policy=NO_CACHE, task_run_name="plan iteration {iteration}")
 def plan(ctx: Context, run_dir: Path, state: RunState, iteration: int) -> tuple[list[ProposalPlan], float]:
-    """Target of the iteration and, per group, the fewest filters to remove to meet it (LUT)."""
+    """Target of the iteration and, per group, the fewest filters to remove to meet it (LUT, counts)."""
     return plan_iteration(ctx, run_dir, state)
 
 
@@ -69,8 +70,5 @@ def commit(ctx: Context, run_dir: Path, state: RunState, best: ProposalResult, r
 
 
 def result_from_dict(record: dict[str, Any]) -> ProposalResult:
-    plan_fields = ProposalPlan.__dataclass_fields__
-    return ProposalResult(
-        ProposalPlan(**{k: record[k] for k in plan_fields}),
-        record["checkpoint"], record["holdout_accuracy"], record["train_seconds"],
-    )
+    return ProposalResult(plan_from_dict(record), record["checkpoint"], record["holdout_accuracy"],
+                          record["train_seconds"])

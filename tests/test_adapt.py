@@ -16,7 +16,8 @@ from netadapt_core.checkpoint import file_sha256, load_checkpoint
 from netadapt_core.config import ConfigError
 from netadapt_core.lut import channel_grid
 from flows.adapt import adapt_flow
-from netadapt_core.schedule import budget_ms
+from netadapt_core.resources import Budget, count_macs_params
+from netadapt_core.schedule import budgets
 from netadapt_core.surgery import prune_group
 
 
@@ -39,7 +40,7 @@ def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
     model, _, _ = load_checkpoint(params.pretrain.checkpoint)
     current = ctx.estimator.estimate_ms(model)
     target = current - 0.03
-    plans = plan_proposals(ctx, model, 0, current, target)
+    plans = plan_proposals(ctx, model, 0, {"latency": current, **count_macs_params(model, ctx.input_shape)}, target)
     assert plans, "some group of the tiny CNN must be able to remove 0.03 ms"
     base = ctx.estimator.layer_sum_ms(model)
 
@@ -82,7 +83,8 @@ def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):
     assert summary["status"] == "done" and summary["iterations"] == len(resumed.iterations)
     assert resumed.iterations[0] == first
     assert resumed.status == "done"
-    budget = budget_ms(resumed.start_ms(params.adapt), params.adapt)
+    (primary,) = resumed.budgets(params.adapt)
+    budget = primary.limit
     assert resumed.iterations[-1]["measured_ms"] <= budget
     assert all(record["measured_ms"] > budget for record in [resumed.baseline, *resumed.iterations[:-1]])
     # every iteration's pick is a trade-off point with its own checkpoint and record
@@ -106,5 +108,85 @@ def test_changed_settings_refused_unless_fresh(run_params, run_flow):
 def test_unreachable_budget_fails_before_training(run_params, run_flow):
     params = run_params("adapt.budget_ratio=0.05")
     with pytest.raises(BudgetUnreachableError, match="unreachable.*min_channel_ratio"):
+        run_flow(adapt_flow, params)
+    assert not Path(params.adapt.run_dir).exists()
+
+
+def _prune(model, group, channels_before, channels, shape):
+    variant = copy.deepcopy(model)
+    prune_group(variant, group, channels_before - channels, shape)
+    return variant
+
+
+def test_plans_on_macs_remove_the_fewest_filters_that_meet_the_target(run_params):
+    params = run_params("adapt.resource=macs")
+    ctx = make_context(params, log=lambda _: None)
+    model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    counts = count_macs_params(model, ctx.input_shape)
+    target = counts["macs"] * 0.9
+    plans = plan_proposals(ctx, model, 0, {"latency": 1.0, **counts}, target, "macs")
+    assert plans
+    for plan in plans:
+        assert plan.resource == "macs" and plan.estimated_macs <= target
+        pruned = count_macs_params(_prune(model, plan.group, plan.channels_before, plan.channels_after,
+                                          ctx.input_shape), ctx.input_shape)
+        assert (plan.estimated_macs, plan.estimated_params) == (pruned["macs"], pruned["params"])
+        g = ctx.estimator.lut.grid[plan.group]
+        one_less = plan.channels_after + g["step"]
+        if one_less < plan.channels_before:
+            bigger = _prune(model, plan.group, plan.channels_before, one_less, ctx.input_shape)
+            assert count_macs_params(bigger, ctx.input_shape)["macs"] > target
+
+
+def test_a_proposal_that_breaks_a_met_budget_is_rejected(run_params):
+    params = run_params()
+    logged = []
+    ctx = make_context(params, log=logged.append)
+    model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    current = {"latency": ctx.estimator.estimate_ms(model), **count_macs_params(model, ctx.input_shape)}
+    target = current["latency"] - 0.03
+    assert plan_proposals(ctx, model, 0, current, target)
+    guard = Budget("params", current["params"] - 1, primary=False)  # any pruning meets this one...
+    assert len(plan_proposals(ctx, model, 0, current, target, guards=[guard])) >= 1
+    guard = Budget("macs", 1, primary=False)  # ...and none meets this one
+    assert plan_proposals(ctx, model, 0, current, target, guards=[guard]) == []
+    assert any("rejected: it would break macs <=" in line for line in logged)
+
+
+def test_adapt_on_macs_reaches_the_macs_budget(run_params, run_flow):
+    params = run_params("adapt.resource=macs", "adapt.budget_ratio=0.6", "adapt.initial_reduction_ratio=0.15",
+                        "adapt.latency_source=lut")
+    summary = run_flow(adapt_flow, params)
+    state = _state(params)
+    limit = 0.6 * state.baseline["macs"]
+    assert summary["status"] == "done" and summary["budgets"] == [
+        {"resource": "macs", "limit": limit, "primary": True, "met": True}]
+    assert state.iterations[-1]["macs"] <= limit
+    assert all(r["macs"] > limit for r in [state.baseline, *state.iterations[:-1]])  # stopped at the budget
+    for record, before in zip(state.iterations, [state.baseline, *state.iterations[:-1]]):
+        assert record["resource"] == "macs" and record["target"] < before["macs"]
+        assert record["macs"] <= record["target"]  # the count is exact: the pick meets its target
+
+
+def test_secondary_budget_drives_the_run_once_the_primary_holds(run_params, run_flow):
+    params = run_params("adapt.latency_source=lut", "adapt.constraints={params: {ratio: 0.15}}")
+    summary = run_flow(adapt_flow, params)
+    state = _state(params)
+    latency, limit = budgets({"latency": state.baseline["lut_ms"], "macs": state.baseline["macs"],
+                              "params": state.baseline["params"]}, params.adapt)
+    assert summary["status"] == "done" and all(b["met"] for b in summary["budgets"])
+    final = state.iterations[-1]
+    assert final["lut_ms"] <= latency.limit and final["params"] <= limit.limit
+    # every earlier network missed a budget; the loop targeted latency until it held, then params
+    for record, before in zip(state.iterations, [state.baseline, *state.iterations[:-1]]):
+        missed_latency = before["lut_ms"] > latency.limit
+        assert missed_latency or before["params"] > limit.limit
+        assert record["resource"] == ("latency" if missed_latency else "params")
+    assert [r["resource"] for r in state.iterations][-1] == "params", "the params budget must have driven"
+
+
+def test_unreachable_secondary_budget_fails_before_training(run_params, run_flow):
+    params = run_params("adapt.constraints={params: {max: 10}}")
+    with pytest.raises(BudgetUnreachableError, match=r"params <= 10 parameters \(start [0-9]+ parameters, smallest network [0-9]+ parameters\)"):
         run_flow(adapt_flow, params)
     assert not Path(params.adapt.run_dir).exists()

@@ -39,7 +39,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, names):
 
 def test_no_budget_at_all_is_refused():
     with pytest.raises(ConfigError, match="budget_ratio"):
-        load_params(None, ["adapt.budget_ratio=null", "adapt.budget_ms=null"])
+        load_params(None, ["adapt.budget_ratio=null", "adapt.budget=null"])
 
 
 def test_malformed_override_and_missing_file(tmp_path):

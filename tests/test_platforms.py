@@ -3,6 +3,7 @@ platform through the stand-in device script, and torch-cuda where a GPU is prese
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from netadapt_core.checkpoint import Architecture
 from netadapt_core.config import ConfigError, PlatformConfig, load_params
-from netadapt_core.lut import LatencyEstimator, build_lut, network_fingerprint
+from netadapt_core.lut import LatencyEstimator, LatencyLUT, build_lut, network_fingerprint
 from netadapt_core.models import build_model
 from netadapt_core.pipeline import uniform_variant
 from netadapt_core.platforms import PLATFORMS, PlatformError, make_platform, parse_latency
@@ -177,3 +178,34 @@ def test_torch_cuda_measures_a_layer_and_a_network(tiny):
     assert platform.measure_network(tiny, SHAPE).median_ms > 0
     assert next(tiny.parameters()).device.type == "cpu"  # the caller's model stays where it was
     assert platform.metadata()["gpu"]
+
+
+@pytest.mark.slow
+def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime(tmp_path, data_root, run_flow):
+    """Pretrain, ONNX Runtime LUT, adaptation stopped by ONNX Runtime's measurement; then an
+    independent interleaved ORT measurement of the final network against the start agrees."""
+    from conftest import tiny_overrides
+    from flows.adapt import adapt_flow
+    from netadapt_core.adapt import RunState
+    from netadapt_core.checkpoint import load_checkpoint
+    from netadapt_core.pipeline import run_lut, run_pretrain
+
+    params = load_params(None, [
+        *tiny_overrides(tmp_path, data_root), "model.width_mult=4", "platform.name=onnxruntime-cpu",
+        "platform.batch_size=1", "pretrain.epochs=1", "lut.channel_step=16", "lut.check_networks=[1.0]",
+        "adapt.budget_ratio=0.7", "adapt.initial_reduction_ratio=0.1", "tracking.enabled=false",
+    ])
+    run_pretrain(params, log=lambda _: None)
+    run_lut(params, log=lambda _: None)
+    assert LatencyLUT.load(params.lut.path).platform["platform"] == "onnxruntime-cpu"
+    summary = run_flow(adapt_flow, params)
+    state = RunState(**json.loads((Path(params.adapt.run_dir) / "state.json").read_text()))
+    limit = 0.7 * state.baseline["measured_ms"]
+    assert summary["status"] == "done" and state.iterations
+    assert state.iterations[-1]["measured_ms"] <= limit < state.baseline["measured_ms"]
+    final, _, _ = load_checkpoint(state.iterations[-1]["checkpoint"])
+    start, _, _ = load_checkpoint(state.baseline["checkpoint"])
+    platform = make_platform(params.platform)
+    again = [platform.measure_networks([final.eval(), start.eval()], SHAPE) for _ in range(3)]
+    ratio = sorted(f.median_ms / s.median_ms for f, s in again)[1]
+    assert ratio <= 0.7 * 1.1, f"ONNX Runtime re-measured the adapted network at {ratio:.2f}x the start"
