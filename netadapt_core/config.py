@@ -99,6 +99,7 @@ class TrainConfig(_Section):
 
 class PretrainConfig(TrainConfig):
     epochs: float = Field(2.0, gt=0, description="may be fractional: 0.5 is half an epoch")
+    lr: float = Field(0.1, gt=0)
     checkpoint: str = "artifacts/pretrained.pt"
 
 

@@ -95,19 +95,24 @@ def host_metadata(name: str, cfg: PlatformConfig) -> dict[str, Any]:
 
 
 INTERLEAVED_MIN_SAMPLE_MS = 20.0
+# interleaved pairs of one-layer probe graphs (ONNX boundary and fused-layer costs): one layer's
+# working set re-warms within the untimed call, and 20 ms blocks made these pairs 90% of an ONNX
+# Runtime LUT build (464 distinct shapes for MobileNetV1)
+PROBE_MIN_SAMPLE_MS = 2.0
 
 
-def time_callables(fns: list, warmup: int, repeats: int, min_sample_ms: float) -> list[Measurement]:
+def time_callables(fns: list, warmup: int, repeats: int, min_sample_ms: float,
+                   interleaved_min_ms: float = INTERLEAVED_MIN_SAMPLE_MS) -> list[Measurement]:
     """Median per-call wall time (ms) of each of ``fns``, their samples interleaved.
 
     Interleaving (A B A B ...) exposes every callable to the same drift in machine speed, so the
     ratio of two results is far steadier than two measurements taken one after the other. Each
-    sample is preceded by one untimed call and lasts at least ``INTERLEAVED_MIN_SAMPLE_MS``, so that
+    sample is preceded by one untimed call and lasts at least ``interleaved_min_ms``, so that
     the cache misses after a switch are amortised and each callable is timed as if it ran alone
     (with 0.5 ms samples a pruned MobileNetV1 measured 10% slower interleaved than alone).
     """
     if len(fns) > 1:
-        min_sample_ms = max(min_sample_ms, INTERLEAVED_MIN_SAMPLE_MS)
+        min_sample_ms = max(min_sample_ms, interleaved_min_ms)
     inner = []
     for fn in fns:
         for _ in range(warmup):
@@ -322,21 +327,22 @@ class _OnnxPlatform(_Platform):
         self._boundary: dict[tuple[int, ...], float] = {}
 
     def _time_graphs(self, graphs: list[bytes], input_shape: tuple[int, ...], repeats: int,
-                     cold_weights: bool) -> list[Measurement]:
+                     cold_weights: bool, probe: bool = False) -> list[Measurement]:
         raise NotImplementedError
 
     def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int,
-             cold_weights: bool = False) -> list[Measurement]:
+             cold_weights: bool = False, probe: bool = False) -> list[Measurement]:
+        """Time ``modules`` as graphs; ``probe``: a pair of one-layer graphs (shorter interleaved blocks)."""
         shape = (self.cfg.batch_size, *input_shape[1:])
         graphs = [export_onnx(m, shape, self.cfg.onnx_opset) for m in modules]
-        return self._time_graphs(graphs, shape, repeats, cold_weights)
+        return self._time_graphs(graphs, shape, repeats, cold_weights, probe)
 
     def boundary_ms(self, shape: tuple[int, ...]) -> float:
         """Cost of a graph's input and output at ``shape`` (cached per shape): ``2 T[P] - T[P, P]``."""
         shape = (self.cfg.batch_size, *shape[1:])
         if shape not in self._boundary:
             probe = _probe(shape)
-            once, twice = self._run([probe, nn.Sequential(probe, probe)], shape, self.cfg.repeats)
+            once, twice = self._run([probe, nn.Sequential(probe, probe)], shape, self.cfg.repeats, probe=True)
             self._boundary[shape] = max(0.0, 2 * once.median_ms - twice.median_ms)
         return self._boundary[shape]
 
@@ -345,7 +351,7 @@ class _OnnxPlatform(_Platform):
         if isinstance(module, FUSED_AFTER_CONV) and len(input_shape) == 4:
             probe = _probe(input_shape)
             alone, fused = self._run([probe, nn.Sequential(probe, copy.deepcopy(module))], input_shape,
-                                     self.cfg.repeats)
+                                     self.cfg.repeats, probe=True)
             return Measurement(max(0.0, fused.median_ms - alone.median_ms), alone.iqr_ms + fused.iqr_ms,
                                fused.samples)
         was_training = module.training
@@ -428,7 +434,7 @@ class OnnxRuntimeCPU(_OnnxPlatform):
         }
 
     def _time_graphs(self, graphs: list[bytes], input_shape: tuple[int, ...], repeats: int,
-                     cold_weights: bool) -> list[Measurement]:
+                     cold_weights: bool, probe: bool = False) -> list[Measurement]:
         import numpy as np
 
         ort = self._ort
@@ -455,7 +461,8 @@ class OnnxRuntimeCPU(_OnnxPlatform):
             keep.append((runs, output))
             # every graph goes through the same cycling call, so its cost cancels in differences
             fns.append(lambda cycle=itertools.cycle(runs): next(cycle)())
-        return time_callables(fns, self.cfg.warmup, repeats, self.cfg.min_sample_ms)
+        return time_callables(fns, self.cfg.warmup, repeats, self.cfg.min_sample_ms,
+                              PROBE_MIN_SAMPLE_MS if probe else INTERLEAVED_MIN_SAMPLE_MS)
 
 
 LATENCY_LINE = re.compile(
@@ -522,7 +529,7 @@ class CommandPlatform(_OnnxPlatform):
         return {**super().environment(), "command_timeout_s": self.cfg.command_timeout_s}
 
     def _time_graphs(self, graphs: list[bytes], input_shape: tuple[int, ...], repeats: int,
-                     cold_weights: bool) -> list[Measurement]:
+                     cold_weights: bool, probe: bool = False) -> list[Measurement]:
         # cold weights are the device command's business: it gets one file and times it as it sees fit
         results = []
         with tempfile.TemporaryDirectory(prefix="netadapt-command-") as tmp:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from netadapt_core.config import ConfigError, load_params, with_overrides
@@ -58,3 +60,9 @@ def test_section_hash_changes_only_with_its_section():
     changed = with_overrides(params, ["finetune.epochs=3"])
     assert params.section_hash("model", "platform") == changed.section_hash("model", "platform")
     assert params.section_hash("finetune") != changed.section_hash("finetune")
+
+
+def test_built_in_defaults_are_params_yaml():
+    """A params file that sets one section (examples/*.yaml) gets params.yaml's values for the rest."""
+    root = Path(__file__).resolve().parents[1]
+    assert load_params(None) == load_params(root / "params.yaml")

@@ -134,7 +134,13 @@ def test_real_lut_is_measured_and_checked(tiny_params, tiny_lut):
     summary = run_lut_check(tiny_params, log=lambda _: None)
     assert summary["networks"] >= 2
     rows = open(tiny_params.report.lut_check).read().splitlines()
-    assert rows[0] == "network,lut_ms,measured_ms,rel_error" and len(rows) == summary["networks"] + 1
+    assert rows[0] == "network,lut_ms,measured_ms,rel_error,measured_raw_ms,start_raw_ms"
+    assert len(rows) == summary["networks"] + 1
+    # measured = raw ratio to the start network (timed alongside) x the start's latency at build time
+    first = dict(zip(rows[0].split(","), rows[1].split(",")))
+    ratio = float(first["measured_raw_ms"]) / float(first["start_raw_ms"])
+    assert float(first["measured_ms"]) == pytest.approx(ratio * lut.stats["network_ms"], rel=1e-3, abs=1e-4)
+    assert summary["start_ms_at_build"] == lut.stats["network_ms"] and summary["start_ms_now"] > 0
 
 
 def test_timer_takes_the_median():
