@@ -152,6 +152,7 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
         "start_ms_at_build": at_build,
         "start_ms_now": statistics.median(r["start_raw_ms"] for r in rows),
     }
+    summary["plot"] = str(plot_lut_check(params))
     log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, mean {summary['mean_abs_rel_error']:.1%}, "
         f"max {summary['max_abs_rel_error']:.1%}, rank correlation {summary['rank_correlation']:.3f} (start "
         f"{summary['start_ms_now']:.3f} ms now, {at_build or float('nan'):.3f} ms when the LUT was built)")
@@ -336,19 +337,36 @@ def write_plots(params: Params, tradeoff: list[dict[str, Any]], layers: list[dic
     fig.tight_layout()
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
-    check = Path(params.report.lut_check)
-    if check.is_file():
-        rows = list(csv.DictReader(check.open()))
-        if rows:
-            fig, ax = plt.subplots(figsize=(5, 5))
-            measured = [float(r["measured_ms"]) for r in rows]
-            estimated = [float(r["lut_ms"]) for r in rows]
-            ax.scatter(measured, estimated)
-            low, high = min(measured + estimated), max(measured + estimated)
-            ax.plot([low, high], [low, high], "k--", lw=1)
-            ax.set(xlabel="measured latency (ms)", ylabel="LUT estimate (ms)", title="LUT against measurement")
-            written.append(out / "lut_check.png")
-            fig.tight_layout()
-            fig.savefig(written[-1], dpi=110)
-            plt.close(fig)
+    lut_plot = plot_lut_check(params)
+    if lut_plot is not None:
+        written.append(lut_plot)
     return written
+
+
+def plot_lut_check(params: Params) -> Path | None:
+    """``plots_dir/lut_check.png``: LUT estimate against measurement, one point per checked network."""
+    check = Path(params.report.lut_check)
+    rows = list(csv.DictReader(check.open())) if check.is_file() else []
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(params.report.plots_dir) / "lut_check.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    measured = [float(r["measured_ms"]) for r in rows]
+    estimated = [float(r["lut_ms"]) for r in rows]
+    ax.scatter(measured, estimated)
+    for r, x, y in zip(rows, measured, estimated):
+        ax.annotate(r["network"].replace("adapt_iter_", "it"), (x, y), fontsize=6)
+    low, high = min(measured + estimated), max(measured + estimated)
+    ax.plot([low, high], [low, high], "k--", lw=1)
+    ax.set(xlabel="measured latency (ms)", ylabel="LUT estimate (ms)",
+           title=f"LUT against measurement ({params.platform.name})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

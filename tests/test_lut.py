@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,6 +142,7 @@ def test_real_lut_is_measured_and_checked(tiny_params, tiny_lut):
     ratio = float(first["measured_raw_ms"]) / float(first["start_raw_ms"])
     assert float(first["measured_ms"]) == pytest.approx(ratio * lut.stats["network_ms"], rel=1e-3, abs=1e-4)
     assert summary["start_ms_at_build"] == lut.stats["network_ms"] and summary["start_ms_now"] > 0
+    assert Path(summary["plot"]).is_file() and Path(summary["plot"]).name == "lut_check.png"
 
 
 def test_timer_takes_the_median():
