@@ -2,9 +2,9 @@
 
 Iteration i (from 0) targets ``resource(net_i) - delta_i`` with ``delta_i = delta_0 * decay**i``;
 ``delta_0`` is absolute (``adapt.initial_reduction``, in the primary resource's unit; it wins over
-the ratio) or a share of the start network's value (``adapt.initial_reduction_ratio``). Once the primary budget holds, an
-iteration is driven by the first secondary budget (``adapt.constraints``) still unmet, with the same
-share of *its* start value.
+the ratio) or a share of the start network's value (``adapt.initial_reduction_ratio``). Once the
+primary budget holds, an iteration is driven by the first secondary budget (``adapt.constraints``)
+still unmet, with the same share of *its* start value.
 """
 
 from __future__ import annotations
