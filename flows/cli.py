@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from netadapt_core.platforms import ALLOCATOR_ENV, PlatformError
 
 from .tracking import TrackingUnavailableError, check_tracking
 
+EXIT_UNMET = 3  # the adaptation ran to its end (files and reports written) without meeting a budget
 STAGES = ("data", "pretrain", "lut", "adapt", "finetune", "report", "all")
 USER_ERRORS = (
     ConfigError, DataMissingError, CheckpointError, LutError, BudgetUnreachableError, UnsupportedLayerError,
@@ -74,6 +76,17 @@ def run_stage(stage: str, params_path: str | None, overrides: list[str], check: 
     print(f"== netadapt {stage} done in {time.perf_counter() - started:.0f}s", flush=True)
 
 
+def unmet_budget(params: Params) -> str | None:
+    """Why the adaptation in ``adapt.run_dir`` ended without meeting its budgets, or None if it met them."""
+    path = Path(params.adapt.run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    if state.get("status") in ("unmet", "max_iterations"):
+        return state.get("reason") or state["status"]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="netadapt", description=__doc__,
@@ -89,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in ("lut", "adapt", "all"):
             _reexec_with_allocator_settings(argv)
         run_stage(args.stage, params_path, args.overrides, args.check)
+        if args.stage in ("adapt", "all"):
+            reason = unmet_budget(load_params(params_path, args.overrides))
+            if reason:
+                print(f"netadapt {args.stage}: budget not met: {reason}"
+                      + (" (the closest network is fine-tuned and reported)" if args.stage == "all" else ""),
+                      file=sys.stderr)
+                return EXIT_UNMET
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"netadapt {args.stage}: error: {message}", file=sys.stderr)

@@ -37,7 +37,7 @@ def finetune_flow(params_path: str | None = "params.yaml", overrides: list[str] 
     check_tracking(params.tracking)
     results = stages.finetune(params)
     tracker = AdaptTracker.resume(params)
-    if tracker:
+    if tracker and results:
         tracker.log_finetuned(results, results[-1]["checkpoint"])
     return results
 

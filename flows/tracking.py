@@ -138,6 +138,8 @@ class AdaptTracker:
 
     def finish(self, state: RunState) -> None:
         self.client.set_tag(self.run_id, "status", state.status)
+        if state.reason:
+            self.client.set_tag(self.run_id, "status_reason", state.reason[:5000])
         self.client.log_metric(self.run_id, "iterations", len(state.iterations))
         self.client.set_terminated(self.run_id, "FINISHED")  # finetune and report may still add to it
 

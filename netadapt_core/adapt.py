@@ -1,24 +1,13 @@
-"""NetAdapt's Algorithm 1, as functions over checkpoint paths and small records.
+"""The steps of NetAdapt's Algorithm 1, as functions over checkpoint paths and small records.
 
-    net_0 = pretrained; i = 0
-    while resource(net_i) > budget:
-        target_i = resource(net_i) - delta_i
-        for each prunable group k:                       # plan_proposals (LUT only)
-            choose the fewest filters of k to remove so that LUT(net) <= target_i
-            prune them (lowest L2 norm first), short-term fine-tune, score on holdout  # run_proposal
-        net_{i+1} = the best proposal                    # pick_best
-        measure it, save it (checkpoint + record)         # commit_iteration
-    return the family net_1 ... net_n
+``loop.NetAdapt`` composes them into the loop; this module holds what one step needs: the run's
+context (settings, data, LUT estimator), planning one proposal per group, running a proposal
+(prune, short-term fine-tune, holdout score), measuring a network, and the run state on disk.
 
-``resource`` is ``adapt.resource``: latency (default), MACs or parameters. Latency is the direct
-measurement of net_i; a proposal's latency is that measurement plus the LUT's difference between
-the proposal and net_i, so the LUT's absolute error cancels. MACs and parameters are counted.
-With secondary budgets (``adapt.constraints``), the iteration is driven by the first budget not yet
-met (the primary first), proposals that would break a budget already met are rejected, and the loop
-runs until every budget holds.
-
-Each step takes and returns paths and plain records; ``flows/adapt.py`` composes them as a Prefect
-flow that runs the proposals in parallel, caches them and resumes interrupted runs.
+``resource`` is ``adapt.resource``: latency (default), MACs or parameters. A network's latency is
+its direct measurement (interleaved with the start network, so machine drift cancels); a
+candidate's is predicted from its parent's measurement and the LUT's difference between the two
+(``latency_model``). MACs and parameters are counted.
 """
 
 from __future__ import annotations
@@ -27,7 +16,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +26,7 @@ from torch import nn
 
 from .checkpoint import (
     Architecture,
+    atomic_write_bytes,
     atomic_write_json,
     file_sha256,
     load_checkpoint,
@@ -45,15 +34,15 @@ from .checkpoint import (
 )
 from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, load_data
+from .latency_model import LatencyModel, LatencyPoint
 from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
 from .platforms import make_platform
 from .resources import Budget, count_macs_params, format_value
-from .schedule import budgets, reduction, unmet
+from .schedule import budgets, unmet
 from .surgery import prunable_groups, prune_group
 from .training import evaluate, train
 
 STATE_FILE = "state.json"
-MAX_HALVINGS = 3  # an iteration whose step no group can take retries with half the step
 # the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
 EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
                       "on_changed_settings"}
@@ -78,13 +67,19 @@ class ProposalPlan:
     resource: str = "latency"
     estimated_macs: int = 0
     estimated_params: int = 0
+    verified_ms: float | None = None  # measured before training (adapt.verify), interleaved with the parent
+
+    @property
+    def latency_ms(self) -> float:
+        """The best knowledge of the candidate's latency: measured if it was, else predicted."""
+        return self.estimated_ms if self.verified_ms is None else self.verified_ms
 
     @property
     def n_remove(self) -> int:
         return self.channels_before - self.channels_after
 
     def estimates(self) -> dict[str, float]:
-        return {"latency": self.estimated_ms, "macs": self.estimated_macs, "params": self.estimated_params}
+        return {"latency": self.latency_ms, "macs": self.estimated_macs, "params": self.estimated_params}
 
 
 @dataclass(frozen=True)
@@ -134,64 +129,86 @@ def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
     return Context(params, data, open_estimator(params, arch, data.input_shape), log)
 
 
-class _GroupEstimates:
-    """Resource estimates of ``parent`` with one group cut to a given width, each variant built once:
-    latency by the LUT (anchored at the parent's planning latency), MACs and parameters counted."""
+class GroupEstimates:
+    """Resource use of ``parent`` with one group cut to a given width, each variant built once:
+    latency predicted by ``latency_model`` from the parent's latency (``anchor_ms``) and the LUT's
+    difference, MACs and parameters counted."""
 
-    def __init__(self, ctx: Context, parent: nn.Module, group: str, channels: int, latency_offset: float,
-                 resource: str) -> None:
+    def __init__(self, ctx: Context, parent: nn.Module, group: str, channels: int, anchor_ms: float,
+                 resource: str, latency_model: LatencyModel | None = None) -> None:
         self.ctx, self.parent, self.group, self.channels = ctx, parent, group, channels
-        self.latency_offset, self.resource = latency_offset, resource
+        self.anchor_ms, self.resource = anchor_ms, resource
+        self.latency_model = latency_model
+        self.parent_sum = ctx.estimator.layer_sum_ms(parent)
         self.cache: dict[tuple[int, str], float] = {}
         self.variants: dict[int, nn.Module] = {}
+
+    def variant(self, channels: int) -> nn.Module:
+        if channels not in self.variants:
+            self.variants[channels] = copy.deepcopy(self.parent)
+            prune_group(self.variants[channels], self.group, self.channels - channels, self.ctx.input_shape)
+        return self.variants[channels]
 
     def __call__(self, channels: int, what: str | None = None) -> float:
         what = what or self.resource
         if (channels, what) not in self.cache:
-            if channels not in self.variants:
-                self.variants[channels] = copy.deepcopy(self.parent)
-                prune_group(self.variants[channels], self.group, self.channels - channels, self.ctx.input_shape)
-            variant = self.variants[channels]
+            variant = self.variant(channels)
             if what == "latency":
-                self.cache[channels, what] = self.latency_offset + self.ctx.estimator.layer_sum_ms(variant)
+                child_sum = self.ctx.estimator.layer_sum_ms(variant)
+                if self.latency_model is None:
+                    self.cache[channels, what] = self.anchor_ms + child_sum - self.parent_sum
+                else:
+                    self.cache[channels, what] = self.latency_model.predict(self.anchor_ms, self.parent_sum,
+                                                                            child_sum)
             else:
                 self.cache.update({(channels, k): v for k, v in count_macs_params(variant, self.ctx.input_shape).items()})
         return self.cache[channels, what]
 
+    def plan(self, iteration: int, channels: int, seed: int) -> ProposalPlan:
+        return ProposalPlan(iteration, self.group, self.channels, channels, self(channels, "latency"), seed,
+                            self.resource, int(self(channels, "macs")), int(self(channels, "params")))
 
-def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dict[str, float], target: float,
-                   resource: str = "latency", guards: list[Budget] = ()) -> list[ProposalPlan]:
+
+def group_options(ctx: Context, group) -> list[int]:
+    """The grid widths below a group's current width, largest first (empty: at its minimum)."""
+    g = ctx.estimator.lut.grid.get(group.id)
+    if g is None:
+        raise ConfigError(f"group {group.id} is not in the LUT grid; rebuild the LUT for this network")
+    return [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
+
+
+def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dict[str, float], target: float | None,
+                   resource: str = "latency", guards: list[Budget] = (),
+                   latency_model: LatencyModel | None = None) -> list[ProposalPlan]:
     """One plan per group that can meet ``target`` on ``resource``: the fewest filters (grid
-    multiples) that do. ``current`` holds the parent's planning value of every resource.
+    multiples) that do. ``current`` holds the parent's value of every resource (its latency is the
+    anchor of the latency predictions). ``target=None`` plans one grid step per group instead.
 
     A group's resource use falls as it loses filters, so the search is a bisection over its grid.
     Groups already at their minimum, or unable to reach the target even there, make no proposal;
     nor does one that would break a budget in ``guards`` (budgets the parent meets).
     """
-    base_sum = ctx.estimator.layer_sum_ms(parent)
-    grid = ctx.estimator.lut.grid
     plans = []
     for index, group in enumerate(prunable_groups(parent, ctx.input_shape)):
-        g = grid.get(group.id)
-        if g is None:
-            raise ConfigError(f"group {group.id} is not in the LUT grid; rebuild the LUT for this network")
-        options = [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
+        options = group_options(ctx, group)
         if not options:
             continue
-        estimate = _GroupEstimates(ctx, parent, group.id, group.channels, current["latency"] - base_sum, resource)
-        if estimate(options[-1]) > target:
-            continue
-        lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if estimate(options[mid]) <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        channels = options[hi]
-        seed = ctx.params.adapt.seed + 1000 * iteration + index
-        plan = ProposalPlan(iteration, group.id, group.channels, channels, estimate(channels, "latency"), seed,
-                            resource, int(estimate(channels, "macs")), int(estimate(channels, "params")))
+        estimate = GroupEstimates(ctx, parent, group.id, group.channels, current["latency"], resource,
+                                  latency_model)
+        if target is None:
+            channels = options[0]
+        else:
+            if estimate(options[-1]) > target:
+                continue
+            lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if estimate(options[mid]) <= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            channels = options[hi]
+        plan = estimate.plan(iteration, channels, ctx.params.adapt.seed + 1000 * iteration + index)
         broken = [b for b in guards if not b.met(plan.estimates()[b.resource])]
         if broken:
             ctx.log(f"iteration {iteration + 1}: {group.id} -> {channels} rejected: it would break "
@@ -206,7 +223,8 @@ def proposal_key(params: Params, parent_sha256: str, plan: ProposalPlan) -> str:
     """Content key of a proposal: parent weights, the plan, and the settings its training reads."""
     payload = {
         "parent": parent_sha256,
-        "plan": asdict(plan),
+        # what the training reads of the plan; not its latency estimate, which may be re-measured
+        "plan": {k: getattr(plan, k) for k in ("iteration", "group", "channels_before", "channels_after", "seed")},
         "data": params.section_hash("data"),
         "adapt": params.adapt.model_dump(mode="json", include=PROPOSAL_SETTINGS),
     }
@@ -262,20 +280,24 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
     return result
 
 
-def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, parent_ms: float) -> ProposalResult:
-    """The paper's rule: highest holdout accuracy (ties: lower latency, then group name).
-
-    ``accuracy_per_latency`` instead picks the smallest accuracy loss per ms removed.
-    """
-    if not results:
-        raise ValueError("no proposals to pick from")
+def rank_proposals(results: list[ProposalResult], rule: str, parent_accuracy: float,
+                   parent_ms: float) -> list[ProposalResult]:
+    """Proposals best first. The paper's rule, ``accuracy``: highest holdout accuracy (ties: lower
+    latency, then group name). ``accuracy_per_latency``: smallest accuracy loss per ms removed."""
     if rule == "accuracy":
-        return min(results, key=lambda r: (-r.holdout_accuracy, r.plan.estimated_ms, r.plan.group))
+        return sorted(results, key=lambda r: (-r.holdout_accuracy, r.plan.latency_ms, r.plan.group))
 
     def loss_per_ms(r: ProposalResult) -> float:
-        return (parent_accuracy - r.holdout_accuracy) / max(parent_ms - r.plan.estimated_ms, 1e-6)
+        return (parent_accuracy - r.holdout_accuracy) / max(parent_ms - r.plan.latency_ms, 1e-6)
 
-    return min(results, key=lambda r: (loss_per_ms(r), r.plan.estimated_ms, r.plan.group))
+    return sorted(results, key=lambda r: (loss_per_ms(r), r.plan.latency_ms, r.plan.group))
+
+
+def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, parent_ms: float) -> ProposalResult:
+    """The first of ``rank_proposals``."""
+    if not results:
+        raise ValueError("no proposals to pick from")
+    return rank_proposals(results, rule, parent_accuracy, parent_ms)[0]
 
 
 def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None) -> dict[str, float]:
@@ -301,34 +323,34 @@ def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | No
 
 @dataclass
 class RunState:
-    """``state.json`` of an adaptation run directory: rewritten atomically after each iteration."""
+    """``state.json`` of an adaptation run directory: rewritten atomically after each step.
+
+    ``status``: running, done (every budget met), unmet (the loop could not go on; ``reason`` says
+    why) or max_iterations. ``latency_points``: every network the run measured besides the start
+    (picks and candidates), with the prediction made before measuring it: the latency model's
+    data. ``pending``: the current iteration's plan, kept so that a resumed run trains exactly the
+    proposals it had planned.
+    """
 
     config_hash: str
     pretrained_sha256: str
     baseline: dict[str, Any]
     iterations: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"
+    reason: str | None = None
+    latency_points: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[str, Any] | None = None
 
     def latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
-        """A record's latency for the stop (``adapt.latency_source``): measured, or the LUT's."""
+        """A record's latency (``adapt.latency_source``): measured, or the LUT's."""
         return record["measured_ms" if cfg.latency_source == "measured" else "lut_ms"]
-
-    def planning_latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
-        """A record's latency for setting targets: the LUT estimate, scaled in ``measured`` mode so
-        that the start equals its measurement. Free of measurement noise, so targets move smoothly;
-        the stop still waits for the measurement."""
-        if cfg.latency_source == "lut":
-            return record["lut_ms"]
-        return record["lut_ms"] * self.baseline["measured_ms"] / self.baseline["lut_ms"]
 
     def start_ms(self, cfg: AdaptConfig) -> float:
         return self.latency(self.baseline, cfg)
 
-    def values(self, record: dict[str, Any], cfg: AdaptConfig, planning: bool = False) -> dict[str, float]:
-        """A record's value of every resource: latency for the stop (or, ``planning``, for targets),
-        MACs and parameters."""
-        latency = self.planning_latency(record, cfg) if planning else self.latency(record, cfg)
-        return {"latency": latency, "macs": float(record["macs"]), "params": float(record["params"])}
+    def values(self, record: dict[str, Any], cfg: AdaptConfig) -> dict[str, float]:
+        """A record's value of every resource: latency, MACs and parameters."""
+        return {"latency": self.latency(record, cfg), "macs": float(record["macs"]), "params": float(record["params"])}
 
     def budgets(self, cfg: AdaptConfig) -> list[Budget]:
         """Every budget of the run (primary first), resolved against the start network."""
@@ -337,6 +359,12 @@ class RunState:
     def unmet(self, cfg: AdaptConfig) -> list[Budget]:
         """The budgets the current network does not meet yet."""
         return unmet(self.values(self.current, cfg), self.budgets(cfg))
+
+    def latency_model(self, cfg: AdaptConfig) -> LatencyModel:
+        """The run's latency model: the start network and every network measured since."""
+        start = LatencyPoint(lut_ms=self.baseline["lut_ms"], measured_ms=self.baseline["measured_ms"])
+        return LatencyModel(start, [LatencyPoint(**p) for p in self.latency_points],
+                            anchored=cfg.latency_source == "measured")
 
     @property
     def current(self) -> dict[str, Any]:
@@ -392,7 +420,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     probe = RunState(config_hash, pretrained_sha, baseline)
     check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(params.pretrain.checkpoint, baseline_ckpt)
+    atomic_write_bytes(baseline_ckpt, Path(params.pretrain.checkpoint).read_bytes())
     baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
     state = RunState(config_hash, pretrained_sha, baseline)
     state.save(run_dir)
@@ -427,105 +455,8 @@ def check_reachable(ctx: Context, model: nn.Module, all_budgets: list[Budget], s
         )
 
 
-def commit_iteration(ctx: Context, run_dir: Path, state: RunState, best: ProposalResult,
-                     proposals: list[ProposalResult], target: float, timing: dict[str, float]) -> dict[str, Any]:
-    """Keep the picked proposal as net_{i+1}: move its checkpoint, measure it, record it atomically.
-
-    ``timing`` holds wall seconds of the iteration's phases so far (``plan_s``, ``proposals_s``);
-    ``commit_s`` (measurement included) is added here.
-    """
-    commit_started = time.perf_counter()
-    iteration = best.plan.iteration + 1
-    final_ckpt = run_dir / f"iter_{iteration:03d}.pt"
-    Path(best.checkpoint).replace(final_ckpt)
-    model, _, _ = load_checkpoint(final_ckpt)
-    record = {
-        "iteration": iteration,
-        "group": best.plan.group,
-        "channels_before": best.plan.channels_before,
-        "channels_after": best.plan.channels_after,
-        "filters_removed": best.plan.n_remove,
-        "resource": best.plan.resource,
-        "target": target,
-        "estimated_ms": best.plan.estimated_ms,
-        "holdout_accuracy": best.holdout_accuracy,
-        "checkpoint": str(final_ckpt),
-        "checkpoint_sha256": file_sha256(final_ckpt),
-        "proposals": [dict(p.to_dict(), picked=p is best) for p in proposals],
-        "timing": timing,
-        **measure_point(ctx, model, state.baseline),
-    }
-    timing["commit_s"] = round(time.perf_counter() - commit_started, 3)
-    record["seconds"] = round(sum(timing.values()), 3)
-    state.iterations.append(record)
-    ctx.estimator.save()
-    state.save(run_dir)
-    shutil.rmtree(run_dir / "proposals", ignore_errors=True)
-    return record
-
-
-def budget_reached(state: RunState, cfg: AdaptConfig) -> bool:
-    """Whether net_i meets every budget; latency by measurement (default) or by the LUT
-    (``adapt.latency_source``)."""
-    return not state.unmet(cfg)
-
-
-def plan_iteration(ctx: Context, run_dir: Path, state: RunState) -> tuple[list[ProposalPlan], float]:
-    """Iteration i's target and one plan per group able to meet it.
-
-    The target is on the first budget not yet met (the primary first); budgets already met guard
-    against proposals that would break them. When no group alone can take the scheduled step, the
-    step is halved (``MAX_HALVINGS`` times) before the run is declared stuck; finished iterations
-    stay on disk either way.
-    """
-    cfg = ctx.params.adapt
-    i = len(state.iterations)
-    current = state.current
-    parent, _, _ = load_checkpoint(current["checkpoint"])
-    missing = state.unmet(cfg)
-    driving = missing[0] if missing else state.budgets(cfg)[0]
-    guards = [b for b in state.budgets(cfg) if b not in missing]
-    now = state.values(current, cfg, planning=True)
-    step = reduction(i, driving.resource, state.values(state.baseline, cfg, planning=True), cfg)
-    for _ in range(MAX_HALVINGS + 1):
-        target = now[driving.resource] - step
-        plans = plan_proposals(ctx, parent, i, now, target, driving.resource, guards)
-        if plans:
-            return plans, target
-        ctx.log(f"iteration {i + 1}: no layer alone can remove {format_value(driving.resource, step)}; "
-                "halving the step")
-        step /= 2
-    state.status = "stuck"
-    state.save(run_dir)
-    raise BudgetUnreachableError(
-        f"iteration {i + 1}: no layer can remove even {format_value(driving.resource, step * 2)} (network at "
-        f"{format_value(driving.resource, now[driving.resource])}, budget {driving.describe()}). The {i} "
-        f"finished iteration(s) are kept in {run_dir}. Fix: lower lut.min_channel_ratio or raise the budget."
-    )
-
-
 def proposal_path(run_dir: Path, plan: ProposalPlan) -> Path:
     return run_dir / "proposals" / f"{plan.iteration + 1:03d}" / f"{plan.group}.pt"
 
 
 JOURNAL_FILE = "executions.jsonl"
-
-
-def finish_run(ctx: Context, run_dir: Path, state: RunState) -> RunState:
-    cfg = ctx.params.adapt
-    state.status = "done" if budget_reached(state, cfg) else "max_iterations"
-    state.save(run_dir)
-    if state.status != "done":
-        ctx.log(f"warning: stopped after {cfg.max_iterations} iterations without meeting the budget")
-    return state
-
-
-def describe_iteration(record: dict[str, Any]) -> str:
-    resource = record.get("resource", "latency")
-    return (
-        f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
-        f"{record['channels_after']}  target {resource} {format_value(resource, record['target'])}  "
-        f"lut {record['lut_ms']:.3f}  measured {record['measured_ms']:.3f} ms  "
-        f"{format_value('macs', record['macs'])}  {format_value('params', record['params'])}  "
-        f"holdout {record['holdout_accuracy']:.4f}  ({len(record['proposals'])} proposals, {record['seconds']:.0f}s)"
-    )

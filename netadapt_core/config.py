@@ -240,6 +240,24 @@ class AdaptConfig(TrainConfig):
         description="latency that sets targets and the stop: each pick's direct measurement, or the LUT "
         "estimate (deterministic: the same run gives the same picks on a noisy machine)",
     )
+    min_proposal_share: float = Field(
+        0.5, ge=0, le=1,
+        description="shrink an iteration's step (halving, up to 3 times) until at least this share of the "
+        "groups that can still be pruned make a proposal: a real choice every iteration",
+    )
+    verify: Literal["auto", "all", "off"] = Field(
+        "auto",
+        description="measure candidates before training them (latency_source measured): auto = those whose "
+        "predicted latency is within the model's uncertainty of the target; a candidate measured over the "
+        "target loses more filters (up to verify_max_extra_steps grid steps)",
+    )
+    verify_repeats: int = Field(15, ge=3, description="timed samples of a candidate check (interleaved with its parent)")
+    verify_max_extra_steps: int = Field(2, ge=0, description="grid steps a candidate may lose after a failed check")
+    slower_tolerance: float = Field(
+        0.01, ge=0, lt=1,
+        description="a pick measured this much slower than its parent is re-measured against it and, if "
+        "confirmed, rejected for the next-best proposal",
+    )
     fresh: bool = Field(False, description="move an existing run_dir aside instead of resuming it")
     runner: Literal["threads", "processes", "dask"] = Field(
         "threads", description="where proposals run: a thread pool, a process pool, or Dask"

@@ -204,7 +204,10 @@ def run_finetune(params: Params, log: Log = print) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
     state = RunState(**json.loads(state_path.read_text()))
     if not state.iterations:
-        raise RuntimeError(f"the adaptation in {params.adapt.run_dir} has no iterations to fine-tune")
+        log(f"finetune: the adaptation in {params.adapt.run_dir} ended ({state.status}) before its first "
+            "iteration; nothing to fine-tune")
+        atomic_write_json(Path(params.finetune.out_dir) / "results.json", [])
+        return []
     ctx = make_context(params, log)
     points = state.iterations if params.finetune.points == "all" else state.iterations[-1:]
     out_dir = Path(params.finetune.out_dir)
@@ -254,6 +257,7 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
         "final": final,
         "iterations": len(state.iterations),
         "status": state.status,
+        "reason": state.reason,
         "resource": cfg.resource,
         "budgets": budgets,
         "speedup_measured": baseline["measured_ms"] / final["measured_ms"],

@@ -182,10 +182,12 @@ class _Platform:
         """Latency of one layer on an input of ``input_shape`` (its batch is replaced by ours)."""
         return self._run([module], input_shape, self.cfg.repeats)[0]
 
-    def measure_networks(self, models: list[nn.Module], input_shape: tuple[int, ...]) -> list[Measurement]:
-        """Latency of whole networks, interleaved; ``input_shape`` is (C, H, W) or (N, C, H, W)."""
+    def measure_networks(self, models: list[nn.Module], input_shape: tuple[int, ...],
+                         repeats: int | None = None) -> list[Measurement]:
+        """Latency of whole networks, interleaved; ``input_shape`` is (C, H, W) or (N, C, H, W).
+        ``repeats``: timed samples (default ``platform.network_repeats``)."""
         shape = input_shape if len(input_shape) == 4 else (1, *input_shape)
-        return self._run(models, shape, self.cfg.network_repeats)
+        return self._run(models, shape, repeats or self.cfg.network_repeats)
 
     def measure_network(self, model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
         return self.measure_networks([model], input_shape)[0]
