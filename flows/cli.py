@@ -13,24 +13,19 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from netadapt_core.adapt import STATE_FILE, BudgetUnreachableError, open_estimator
-from netadapt_core.checkpoint import CheckpointError, load_checkpoint
-from netadapt_core.config import ConfigError, Params, load_params
-from netadapt_core.data import DataMissingError
-from netadapt_core.layers import UnsupportedLayerError
-from netadapt_core.lut import LutError
-from netadapt_core.platforms import ALLOCATOR_ENV, PlatformError
+from netadapt_core.adapt import STATE_FILE, open_estimator
+from netadapt_core.checkpoint import load_checkpoint
+from netadapt_core.config import Params, load_params
+from netadapt_core.errors import NetAdaptError, StageOrderError
+from netadapt_core.platforms import ALLOCATOR_ENV
 
-from .tracking import TrackingUnavailableError, check_tracking
+from .tracking import check_tracking
 
 EXIT_UNMET = 3  # the adaptation ran to its end (files and reports written) without meeting a budget
 STAGES = ("data", "pretrain", "lut", "adapt", "finetune", "report", "all")
-USER_ERRORS = (
-    ConfigError, DataMissingError, CheckpointError, LutError, BudgetUnreachableError, UnsupportedLayerError,
-    FileNotFoundError, KeyError, TrackingUnavailableError, PlatformError,
-)
 
 
 def _reexec_with_allocator_settings(argv: list[str]) -> None:
@@ -60,7 +55,7 @@ def preflight(stage: str, params: Params) -> None:
     if stage in ("finetune", "report"):
         state = Path(params.adapt.run_dir) / STATE_FILE
         if not state.is_file():
-            raise FileNotFoundError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
+            raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
     if stage == "report":
         load_checkpoint(params.pretrain.checkpoint)
 
@@ -95,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=None, help="settings file (default: ./params.yaml if present)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--check", action="store_true", help="with lut: compare estimates to measurements")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     params_path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     try:
@@ -109,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                       + (" (the closest network is fine-tuned and reported)" if args.stage == "all" else ""),
                       file=sys.stderr)
                 return EXIT_UNMET
-    except USER_ERRORS as exc:
+    except NetAdaptError as exc:  # a problem the user can fix: one line (-v: the traceback too)
+        if args.verbose:
+            traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"netadapt {args.stage}: error: {message}", file=sys.stderr)
         return 2

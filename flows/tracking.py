@@ -17,12 +17,13 @@ from typing import Any
 from netadapt_core.adapt import RunState
 from netadapt_core.checkpoint import atomic_write_json
 from netadapt_core.config import Params, TrackingConfig
+from netadapt_core.errors import NetAdaptError
 
 RUN_FILE = "mlflow_run.json"
 ITERATION_METRICS = ("holdout_accuracy", "lut_ms", "measured_ms", "macs", "params")
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(NetAdaptError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 

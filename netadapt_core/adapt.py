@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, load_data
+from .errors import NetAdaptError
 from .latency_model import LatencyModel, LatencyPoint
 from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
 from .platforms import make_platform
@@ -49,7 +50,7 @@ EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers",
 PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance"}
 
 
-class BudgetUnreachableError(RuntimeError):
+class BudgetUnreachableError(NetAdaptError, RuntimeError):
     """No network the LUT grid allows can meet the budget."""
 
 
@@ -179,22 +180,28 @@ def group_options(ctx: Context, group) -> list[int]:
 
 def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dict[str, float], target: float | None,
                    resource: str = "latency", guards: list[Budget] = (),
-                   latency_model: LatencyModel | None = None) -> list[ProposalPlan]:
+                   latency_model: LatencyModel | None = None,
+                   estimates: dict[str, GroupEstimates] | None = None) -> list[ProposalPlan]:
     """One plan per group that can meet ``target`` on ``resource``: the fewest filters (grid
     multiples) that do. ``current`` holds the parent's value of every resource (its latency is the
     anchor of the latency predictions). ``target=None`` plans one grid step per group instead.
+    ``estimates`` (group id -> ``GroupEstimates``) keeps the variants built, for another target
+    on the same parent.
 
     A group's resource use falls as it loses filters, so the search is a bisection over its grid.
     Groups already at their minimum, or unable to reach the target even there, make no proposal;
     nor does one that would break a budget in ``guards`` (budgets the parent meets).
     """
     plans = []
+    estimates = {} if estimates is None else estimates
     for index, group in enumerate(prunable_groups(parent, ctx.input_shape)):
         options = group_options(ctx, group)
         if not options:
             continue
-        estimate = GroupEstimates(ctx, parent, group.id, group.channels, current["latency"], resource,
-                                  latency_model)
+        if group.id not in estimates:
+            estimates[group.id] = GroupEstimates(ctx, parent, group.id, group.channels, current["latency"], resource,
+                                                 latency_model)
+        estimate = estimates[group.id]
         if target is None:
             channels = options[0]
         else:
@@ -362,8 +369,7 @@ class RunState:
 
     def latency_model(self, cfg: AdaptConfig) -> LatencyModel:
         """The run's latency model: the start network and every network measured since."""
-        start = LatencyPoint(lut_ms=self.baseline["lut_ms"], measured_ms=self.baseline["measured_ms"])
-        return LatencyModel(start, [LatencyPoint(**p) for p in self.latency_points],
+        return LatencyModel(self.baseline["lut_ms"], [LatencyPoint(**p) for p in self.latency_points],
                             anchored=cfg.latency_source == "measured")
 
     @property

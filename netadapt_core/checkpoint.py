@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import NetAdaptError
 from .layers import apply_channel_spec, channel_spec
 from .models import build_model
 
 FORMAT = "netadapt-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NetAdaptError, RuntimeError):
     """A checkpoint is missing, corrupt, or not a netadapt checkpoint."""
 
 

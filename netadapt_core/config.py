@@ -20,8 +20,10 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
+from .errors import NetAdaptError
 
-class ConfigError(ValueError):
+
+class ConfigError(NetAdaptError, ValueError):
     """A settings file or override is wrong; the message names the key and the fix."""
 
 
@@ -98,7 +100,7 @@ class TrainConfig(_Section):
 
 
 class PretrainConfig(TrainConfig):
-    epochs: float = Field(2.0, gt=0, description="may be fractional: 0.5 is half an epoch")
+    epochs: float = Field(1.0, gt=0, description="may be fractional: 0.5 is half an epoch")
     lr: float = Field(0.1, gt=0)
     checkpoint: str = "artifacts/pretrained.pt"
 
@@ -232,7 +234,8 @@ class AdaptConfig(TrainConfig):
     max_iterations: int = Field(30, ge=1)
     short_term_steps: int = Field(20, ge=0, description="SGD steps of short-term fine-tuning")
     lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    threads: int = Field(1, ge=1, description="torch threads of each proposal's training (adapt.workers at once)")
     importance: str = "l2_norm"
     pick: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     latency_source: Literal["measured", "lut"] = Field(
@@ -245,11 +248,11 @@ class AdaptConfig(TrainConfig):
         description="shrink an iteration's step (halving, up to 3 times) until at least this share of the "
         "groups that can still be pruned make a proposal: a real choice every iteration",
     )
-    verify: Literal["auto", "all", "off"] = Field(
-        "auto",
-        description="measure candidates before training them (latency_source measured): auto = those whose "
-        "predicted latency is within the model's uncertainty of the target; a candidate measured over the "
-        "target loses more filters (up to verify_max_extra_steps grid steps)",
+    verify: Literal["auto", "all", "none"] = Field(
+        "all",
+        description="measure candidates before training them (latency_source measured): all, or auto = those "
+        "whose predicted latency is within the model's uncertainty of the target, or none; a candidate "
+        "measured over the target loses more filters (up to verify_max_extra_steps grid steps)",
     )
     verify_repeats: int = Field(15, ge=3, description="timed samples of a candidate check (interleaved with its parent)")
     verify_max_extra_steps: int = Field(2, ge=0, description="grid steps a candidate may lose after a failed check")
@@ -262,7 +265,7 @@ class AdaptConfig(TrainConfig):
     runner: Literal["threads", "processes", "dask"] = Field(
         "threads", description="where proposals run: a thread pool, a process pool, or Dask"
     )
-    workers: int = Field(1, ge=1, description="proposals trained at once (each with adapt.threads)")
+    workers: int = Field(2, ge=1, description="proposals trained at once (each with adapt.threads)")
     dask_address: str | None = Field(
         None, description="runner dask: address of an existing scheduler (None: a local cluster)"
     )

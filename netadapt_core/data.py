@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import DataConfig
+from .errors import NetAdaptError
 
 _FMNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -29,7 +30,7 @@ _STATS = {
 }
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(NetAdaptError, FileNotFoundError):
     """The data set's files are not where the settings say; the message says how to get them."""
 
 

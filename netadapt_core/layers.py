@@ -14,8 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import NetAdaptError
 
-class UnsupportedLayerError(TypeError):
+
+class UnsupportedLayerError(NetAdaptError, TypeError):
     """The network holds a layer type netadapt cannot resize or measure."""
 
 

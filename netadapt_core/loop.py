@@ -44,6 +44,7 @@ from .adapt import (
     run_proposal,
 )
 from .checkpoint import file_sha256, load_checkpoint
+from .errors import ProposalsFailedError
 from .latency_model import LatencyPoint
 from .resources import Budget, format_value
 from .schedule import reduction
@@ -108,8 +109,8 @@ class NetAdapt:
             planned = time.perf_counter()
             results = [r for r in map_proposals(self.jobs(step)) if r is not None]
             if not results:
-                raise RuntimeError(f"iteration {step.iteration + 1}: every proposal failed; see the log. "
-                                   "Re-run to resume: finished proposals are kept.")
+                raise ProposalsFailedError(f"iteration {step.iteration + 1}: every proposal failed; see the log. "
+                                           "Re-run to resume: finished proposals are kept.")
             timing = {"plan_s": round(planned - started, 3), "proposals_s": round(time.perf_counter() - planned, 3)}
             record = self.commit(step, results, timing)
             if record is None:
@@ -125,7 +126,7 @@ class NetAdapt:
             try:
                 results.append(run_proposal(self.ctx.params, self.ctx.data, job.parent_checkpoint, job.plan,
                                             job.out_path, job.key, job.journal))
-            except Exception as exc:  # one broken proposal costs that proposal, not the iteration
+            except Exception as exc:  # noqa: BLE001  # one broken proposal costs that proposal only
                 self.ctx.log(f"proposal {job.plan.group} failed and is skipped: {type(exc).__name__}: {exc}")
                 results.append(None)
         return results
@@ -152,7 +153,7 @@ class NetAdapt:
     # ------------------------------------------------------------------ plan
     def plan(self) -> IterationPlan:
         """Iteration i's target and one plan per group able to meet it (resumed if already planned)."""
-        state, cfg = self.state, self.cfg
+        state = self.state
         parent = state.current
         pending = state.pending
         if pending and pending["iteration"] == len(state.iterations) \
@@ -181,12 +182,13 @@ class NetAdapt:
             return IterationPlan(i, driving.resource, floor, [], self._at_minimum_reason(driving, now))
         needed = max(1, math.ceil(cfg.min_proposal_share * len(eligible)))
         best: tuple[float, list[ProposalPlan]] | None = None
-        for shrink in range(MAX_SHRINKS + 1):
+        estimates: dict[str, GroupEstimates] = {}  # variants built once per iteration, whatever the target
+        for _ in range(MAX_SHRINKS + 1):
             target = max(now[driving.resource] - step, floor)
-            plans = plan_proposals(ctx, parent_model, i, now, target, driving.resource, guards, model)
+            plans = plan_proposals(ctx, parent_model, i, now, target, driving.resource, guards, model, estimates)
             if best is None or len(plans) > len(best[1]):
                 best = (target, plans)
-            if len(plans) >= needed or target == floor:
+            if len(plans) >= needed:
                 break
             ctx.log(f"iteration {i + 1}: {len(plans)} of {len(eligible)} groups can remove "
                     f"{format_value(driving.resource, step)}; halving the step")
@@ -196,14 +198,14 @@ class NetAdapt:
         if not plans:
             # the LUT sees no group reaching even the smallest step, yet the network misses its budget
             # by measurement: take one grid step from every group and let measurement decide
-            plans = plan_proposals(ctx, parent_model, i, now, None, driving.resource, guards, model)
+            plans = plan_proposals(ctx, parent_model, i, now, None, driving.resource, guards, model, estimates)
             note = (f"no group meets {format_value(driving.resource, target)} by the latency model; one grid "
                     "step per group")
             ctx.log(f"iteration {i + 1}: {note}")
             if not plans:
                 return IterationPlan(i, driving.resource, target, [], self._guarded_reason(driving, guards))
         if driving.resource == "latency" and cfg.latency_source == "measured":
-            plans = self._verify(parent_model, plans, target, now["latency"])
+            plans = self._verify(parent_model, plans, target, now["latency"], estimates)
         return IterationPlan(i, driving.resource, target, plans, note)
 
     def _target_floor(self, driving: Budget, rel_error: float) -> float:
@@ -214,23 +216,23 @@ class NetAdapt:
         return driving.limit
 
     def _verify(self, parent_model: nn.Module, plans: list[ProposalPlan], target: float,
-                parent_ms: float) -> list[ProposalPlan]:
+                parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
         """Measure candidates whose prediction is uncertain (``adapt.verify``), interleaved with the
         parent; one measured over the target loses more filters, a grid step at a time."""
         cfg, ctx = self.cfg, self.ctx
-        if cfg.verify == "off":
+        if cfg.verify == "none":
             return plans
         model = self.state.latency_model(cfg)
         margin = max(2 * model.relative_error(), 0.01) * parent_ms
+        parent_lut_ms = ctx.estimator.estimate_ms(parent_model)
+        groups = {g.id: g for g in prunable_groups(parent_model, ctx.input_shape)}
         checked = []
         for plan in plans:
             if cfg.verify == "auto" and target - plan.estimated_ms >= margin:
                 checked.append(plan)
                 continue
-            group = next(g for g in prunable_groups(parent_model, ctx.input_shape) if g.id == plan.group)
-            options = group_options(ctx, group)
-            estimate = GroupEstimates(ctx, parent_model, plan.group, plan.channels_before, parent_ms,
-                                      plan.resource, model)
+            options = group_options(ctx, groups[plan.group])
+            estimate = estimates[plan.group]
             index = options.index(plan.channels_after)
             for extra in range(cfg.verify_max_extra_steps + 1):
                 channels = options[index + extra]
@@ -240,8 +242,8 @@ class NetAdapt:
                 measured = own.median_ms / ref.median_ms * parent_ms
                 candidate = estimate.plan(plan.iteration, channels, plan.seed)
                 self.state.latency_points.append(LatencyPoint(
-                    lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured,
-                    predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
+                    lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured, parent_lut_ms=parent_lut_ms,
+                    parent_measured_ms=parent_ms, predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
                 plan = replace(candidate, verified_ms=measured)
                 if measured <= target or index + extra + 1 >= len(options):
                     break
@@ -266,8 +268,9 @@ class NetAdapt:
             model, _, _ = load_checkpoint(candidate.checkpoint)
             point = measure_point(ctx, model, state.baseline)
             slower = self._slower_than_parent(model, point, parent)
-            state.latency_points.append(LatencyPoint(lut_ms=point["lut_ms"], measured_ms=point["measured_ms"],
-                                                     predicted_ms=candidate.plan.estimated_ms).model_dump())
+            state.latency_points.append(LatencyPoint(
+                lut_ms=point["lut_ms"], measured_ms=point["measured_ms"], parent_lut_ms=parent["lut_ms"],
+                parent_measured_ms=parent["measured_ms"], predicted_ms=candidate.plan.estimated_ms).model_dump())
             if slower is not None:
                 rejected.append({"group": candidate.plan.group, "vs_parent": slower})
                 ctx.log(f"iteration {step.iteration + 1}: pick {candidate.plan.group}->"
@@ -333,7 +336,7 @@ class NetAdapt:
                 "budget, or lower lut.min_channel_ratio and rebuild the LUT (netadapt lut).")
 
     def _guarded_reason(self, driving: Budget, guards: list[Budget]) -> str:
-        return (f"every group that can still be pruned would break a budget already met ("
+        return ("every group that can still be pruned would break a budget already met ("
                 + ", ".join(b.describe() for b in guards) + f") while {driving.describe()} is unmet. Fix: "
                 "relax one of these budgets.")
 

@@ -2,8 +2,9 @@
 
 Each entry is keyed by a layer *signature* (type, settings, channels, input shape, dtype), so
 identical layers share one measurement. A network's estimate is ``scale`` times the sum of its
-layers' entries plus ``rest_ms``, both fitted at build time on the starting network and two
-uniform-width variants timed directly (see ``_calibrate``).
+layers' entries plus ``rest_ms``, both fitted at build time on the starting network and random
+non-uniform variants, each timed interleaved with the start (see ``_calibrate``). An adaptation
+uses the table's *differences*, anchored on measured networks (``latency_model``).
 
 ``build_lut`` measures, for every prunable group, every channel count an adaptation can reach by
 pruning that group alone (a grid with ``lut.channel_step`` spacing down to
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from torch import nn
 
 from .checkpoint import Architecture, atomic_write_json
 from .config import LutConfig
+from .errors import NetAdaptError
 from .layers import layer_kind, leaf_modules, signature
 from .surgery import prunable_groups, prune_group
 
@@ -35,7 +38,7 @@ LUT_FORMAT = "netadapt-lut/1"
 OVERLAY_FORMAT = "netadapt-lut-on-demand/1"
 
 
-class LutError(RuntimeError):
+class LutError(NetAdaptError, RuntimeError):
     """The LUT is corrupt, from another platform or network, or lacks entries."""
 
 
@@ -343,7 +346,7 @@ def build_lut(
             lut.record(sig, platform.measure_layer(module, shape))
         suspects = _non_monotonic(lut, series, cfg.monotonic_tolerance)
     pairs = sum(max(len(set(s for _, s in p)) - 1, 0) for p in series.values())
-    network_ms, fit = _calibrate(lut, estimator, model, input_shape, platform, cfg)
+    network_ms, fit = _calibrate(lut, estimator, model, input_shape, platform, cfg, log)
     lut.environment = platform.environment()
     lut.stats = {
         "entries": len(lut.entries),
@@ -363,38 +366,62 @@ def build_lut(
     return lut
 
 
-CALIBRATION_RATIOS = (1.0, 0.75, 0.5)
-CALIBRATION_ROUNDS = 2
+CALIBRATION_NETWORKS = 5  # random non-uniform networks the estimate is fitted on, besides the start
+CALIBRATION_SEED = 0
+
+
+def random_variant(model, input_shape, grid: dict[str, dict[str, int]], rng: random.Random):
+    """A copy of ``model`` where each group, with probability 1/2, is cut to a random grid width:
+    non-uniform, like the networks an adaptation makes (a few groups cut, the rest untouched)."""
+    variant = copy.deepcopy(model)
+    for group in prunable_groups(variant, input_shape):
+        g = grid[group.id]
+        options = channel_grid(g["original"], g["step"], g["min"])[1:]
+        if options and rng.random() < 0.5:
+            prune_group(variant, group.id, group.channels - rng.choice(options), input_shape)
+    return variant
 
 
 def _calibrate(lut: LatencyLUT, estimator: LatencyEstimator, model: nn.Module, input_shape, platform,
-               cfg: LutConfig) -> tuple[float, list[dict[str, float]]]:
-    """Fit ``network = scale * sum(layers) + rest`` on the network and two uniform-width variants.
+               cfg: LutConfig, log: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
+    """Fit ``network = scale * sum(layers) + rest`` on the start network and ``CALIBRATION_NETWORKS``
+    random non-uniform variants (networks like an adaptation's, kept apart from the uniform-width
+    networks ``lut --check`` tests on).
 
-    Layers timed alone in a loop run with hot caches; inside a network they do not, so the sum
-    falls short by a share of itself, plus a fixed cost the table cannot see (adds, Python between
-    layers).
+    Layers timed alone in a loop run with hot caches and without the calls between them, so the sum
+    falls short of the network by a share of itself plus a fixed cost. Each variant is timed
+    *interleaved* with the start network and taken as that ratio times the start's own time: timed
+    one after another, minutes apart, a shared CPU's drift (6-20% here) tilted the fitted line, and
+    the estimate of small networks fell 10-20% short.
     """
-    networks = [model if r == 1.0 else uniform_variant(model, input_shape, lut.grid, r) for r in CALIBRATION_RATIOS]
+    rng = random.Random(CALIBRATION_SEED)
+    variants = [random_variant(model, input_shape, lut.grid, rng) for _ in range(CALIBRATION_NETWORKS)]
     sums = []
-    for network in networks:
+    for network in [model, *variants]:
         uses = estimator.uses(network)
         estimator.fill(uses)
         sums.append(lut.layer_sum_ms(uses))
-    # each network timed alone, as it runs when deployed (interleaving would cool its caches), in
-    # CALIBRATION_ROUNDS passes; the fastest pass counts, as noise on a shared CPU only adds time
-    measured = [min(platform.measure_network(net, input_shape).median_ms for _ in range(CALIBRATION_ROUNDS))
-                for net in networks]
+    # the start alone, as it runs when deployed; the fastest of two passes (noise only adds time)
+    start_ms = min(platform.measure_network(model, input_shape).median_ms for _ in range(2))
+    measured = [start_ms]
+    for variant in variants:
+        own, ref = platform.measure_networks([variant, model], input_shape)
+        measured.append(own.median_ms / ref.median_ms * start_ms)
     n = len(sums)
     mean_s, mean_m = sum(sums) / n, sum(measured) / n
     var = sum((s - mean_s) ** 2 for s in sums)
     scale = sum((s - mean_s) * (m - mean_m) for s, m in zip(sums, measured)) / var if var > 0 else 1.0
     if not 0.5 <= scale <= 2.0:  # a fit this far from 1 is noise: keep the plain offset
+        log(f"  lut: calibration slope {scale:.3f} is implausible (noise?); using 1 and an offset")
         scale = 1.0
     lut.scale = scale
     lut.rest_ms = mean_m - scale * mean_s
-    fit = [{"ratio": r, "layer_sum_ms": s, "measured_ms": m} for r, s, m in zip(CALIBRATION_RATIOS, sums, measured)]
-    return measured[0], fit
+    if lut.rest_ms < 0 or not 0.8 <= scale <= 1.3:
+        log(f"  lut: warning: calibration {scale:.3f} x layers {lut.rest_ms:+.3f} ms is unusual for a CPU; if "
+            "the machine was busy, rebuild the LUT on an idle one (the adaptation re-fits its own slope)")
+    fit = [{"network": "start" if i == 0 else f"random_{i}", "layer_sum_ms": s, "measured_ms": m}
+           for i, (s, m) in enumerate(zip(sums, measured))]
+    return start_ms, fit
 
 
 @dataclass(frozen=True)

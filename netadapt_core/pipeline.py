@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .adapt import STATE_FILE, Context, RunState, make_context, measure_point
-from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
+from .checkpoint import Architecture, CheckpointError, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
 from .config import Params
+from .errors import StageOrderError
 from .data import describe_data, load_data
 from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
 from .platforms import make_platform
@@ -60,7 +61,8 @@ def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
     if path.is_file():
         try:
             _, _, meta = load_checkpoint(path)
-        except Exception:  # a damaged file is simply re-made
+        except CheckpointError as exc:  # a damaged file is simply re-made
+            log(f"pretrain: {path} cannot be read ({exc}); training again")
             meta = {}
         if meta.get("config_hash") == config_hash:
             log(f"pretrain: {path} is up to date (test accuracy {meta['test_accuracy']:.4f})")
@@ -70,7 +72,7 @@ def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
     model = arch.build()
     steps = steps_for_epochs(data.train, cfg.batch_size, cfg.epochs)
     log(f"pretrain: {arch.name} on {params.data.dataset}, {len(data.train)} images, {steps} steps")
-    stats = train(model, data.train, cfg, steps, seed=cfg.seed, cosine=True)
+    stats = train(model, data.train, cfg, steps, seed=cfg.seed, cosine=True, log=log)
     meta = {
         "config_hash": config_hash,
         "input_shape": list(input_shape),
@@ -151,12 +153,38 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
         "rank_correlation": rank_correlation([r["lut_ms"] for r in rows], [r["measured_ms"] for r in rows]),
         "start_ms_at_build": at_build,
         "start_ms_now": statistics.median(r["start_raw_ms"] for r in rows),
+        # the LUT's absolute estimate on the adaptation's own picks (not the calibration networks)
+        "picks": error_summary([abs(r["rel_error"]) for r in rows if r["network"].startswith("adapt_iter")]),
+        "uniform": error_summary([abs(r["rel_error"]) for r in rows if r["network"].startswith("uniform")]),
     }
+    if state_path.is_file():
+        # what planning used: each pick predicted from its parent's measurement (latency model)
+        points = [p for p in json.loads(state_path.read_text()).get("latency_points", []) if p.get("predicted_ms")]
+        summary["predictions"] = {
+            kind: error_summary([abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"]
+                                 for p in points if p.get("kind", "pick") == kind])
+            for kind in ("pick", "candidate")
+        }
     summary["plot"] = str(plot_lut_check(params))
+    for name in ("picks", "uniform"):
+        if summary[name]["count"]:
+            log(f"lut check: {name}: median |error| {summary[name]['median']:.1%}, max {summary[name]['max']:.1%} "
+                f"over {summary[name]['count']} networks")
+    for kind, stats in summary.get("predictions", {}).items():
+        if stats["count"]:
+            log(f"lut check: latency model, {kind}s predicted from the parent's measurement: median |error| "
+                f"{stats['median']:.1%}, max {stats['max']:.1%} over {stats['count']}")
     log(f"lut check: median |error| {summary['median_abs_rel_error']:.1%}, mean {summary['mean_abs_rel_error']:.1%}, "
         f"max {summary['max_abs_rel_error']:.1%}, rank correlation {summary['rank_correlation']:.3f} (start "
         f"{summary['start_ms_now']:.3f} ms now, {at_build or float('nan'):.3f} ms when the LUT was built)")
     return summary
+
+
+def error_summary(errors: list[float]) -> dict[str, float | int | None]:
+    """Count, median and max of absolute relative errors (None where there are none)."""
+    if not errors:
+        return {"count": 0, "median": None, "max": None}
+    return {"count": len(errors), "median": statistics.median(errors), "max": max(errors)}
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
@@ -182,7 +210,7 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
     cfg = ctx.params.finetune
     model, arch, meta = load_checkpoint(record["checkpoint"])
     steps = steps_for_epochs(ctx.data.train, cfg.batch_size, cfg.epochs)
-    stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True)
+    stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True, log=ctx.log)
     result = {
         "iteration": record["iteration"],
         "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads),
@@ -201,7 +229,7 @@ def run_finetune(params: Params, log: Log = print) -> list[dict[str, Any]]:
     """Long-term fine-tune the final network (or every trade-off point) and score it on the test set."""
     state_path = Path(params.adapt.run_dir) / STATE_FILE
     if not state_path.is_file():
-        raise FileNotFoundError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
+        raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
     state = RunState(**json.loads(state_path.read_text()))
     if not state.iterations:
         log(f"finetune: the adaptation in {params.adapt.run_dir} ended ({state.status}) before its first "
@@ -281,6 +309,8 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
             "channels_after": record.get("channels_after", ""),
             "target_resource": record.get("resource", "latency" if "target_ms" in record else ""),
             "target": round(record.get("target", record.get("target_ms", 0.0)), 4) if record["iteration"] else "",
+            "proposals": len(record.get("proposals", [])) if record["iteration"] else "",
+            "predicted_ms": round(record["estimated_ms"], 4) if record.get("estimated_ms") is not None else "",
             "lut_ms": round(record["lut_ms"], 4),
             "measured_ms": round(record["measured_ms"], 4),
             "holdout_accuracy": record["holdout_accuracy"],

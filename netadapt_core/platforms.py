@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .config import PlatformConfig
+from .errors import NetAdaptError
 from .registry import Registry
 
 PLATFORMS: Registry = Registry("platform")
@@ -57,7 +58,7 @@ PLATFORMS: Registry = Registry("platform")
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 
-class PlatformError(RuntimeError):
+class PlatformError(NetAdaptError, RuntimeError):
     """A platform cannot measure here (no GPU, missing runtime) or its device command failed."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,13 @@ def train(
     *,
     seed: int,
     cosine: bool = False,
+    log: Callable[[str], None] | None = None,
+    log_every_s: float = 20.0,
 ) -> TrainStats:
     """Train ``model`` in place for ``steps`` SGD steps on shuffled batches of ``dataset``.
 
     ``cosine`` anneals the learning rate from ``cfg.lr`` to 0; otherwise it stays constant.
+    ``log`` receives a progress line (step, loss, time left) every ``log_every_s`` seconds.
     """
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -51,7 +55,8 @@ def train(
     model.train()
     batches = iterate_batches(dataset, cfg.batch_size, shuffle=True, seed=seed, epochs=None)
     loss_value = float("nan")
-    for _ in range(steps):
+    last_log = started
+    for step in range(steps):
         images, labels = next(batches)
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(images), labels)
@@ -60,6 +65,11 @@ def train(
         if scheduler is not None:
             scheduler.step()
         loss_value = loss.item()
+        now = time.perf_counter()
+        if log is not None and now - last_log >= log_every_s:
+            last_log = now
+            left = (now - started) / (step + 1) * (steps - step - 1)
+            log(f"  step {step + 1}/{steps}, loss {loss_value:.3f}, {now - started:.0f}s so far, about {left:.0f}s left")
     model.eval()
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"training diverged (loss {loss_value}); lower the learning rate")

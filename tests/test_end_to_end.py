@@ -50,3 +50,32 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, data_root):
     assert "checkpoint" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr
     bad = _netadapt(tmp_path, "lut", "--set", "lut.channel_step=0")
     assert bad.returncode == 2 and "lut.channel_step" in bad.stderr
+    verbose = _netadapt(tmp_path, "adapt", "-v", *sets)  # -v: the same error with its traceback
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr and "CheckpointError" in verbose.stderr
+
+
+def test_unmet_budget_still_fine_tunes_and_reports_then_exits_3(tmp_path, tiny_params, pretrained, tiny_lut):
+    """A run that ends without meeting its budget (here: adapt.max_iterations=1) keeps its pick,
+    `netadapt all` fine-tunes and reports the closest network, then exits non-zero naming the cause."""
+    from conftest import write_params
+    from netadapt_core.config import with_overrides
+
+    out = tmp_path / "out"
+    params = with_overrides(tiny_params, [
+        f"adapt.run_dir={out}/run", f"finetune.out_dir={out}/finetuned", f"report.metrics={out}/metrics.json",
+        f"report.tradeoff={out}/tradeoff.csv", f"report.lut_check={out}/lut_check.csv",
+        f"report.layers={out}/layers.csv", f"report.data={out}/data.json", f"report.plots_dir={out}/plots",
+        f"tracking.uri=sqlite:///{out}/mlflow.db", "adapt.budget_ratio=0.8", "adapt.max_iterations=1",
+    ])
+    path = write_params(params, tmp_path / "params.yaml")
+    env_home = {"PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "all", "--params", path], cwd=tmp_path,
+                          env={**os.environ, **env_home}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "budget not met" in done.stderr and "adapt.max_iterations=1" in done.stderr
+    assert "Traceback" not in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "max_iterations" and "max_iterations" in metrics["reason"]
+    assert metrics["iterations"] == 1 and metrics["final"]["finetuned"]
+    assert metrics["budget_met_measured"] is False
+    assert (out / "finetuned" / "iter_001.pt").is_file() and (out / "lut_check.csv").is_file()

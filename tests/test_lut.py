@@ -68,7 +68,7 @@ class CountingPlatform:
         uses = layer_uses(model, tuple(input_shape), 1)
         return Measurement(sum(self.measure_layer(u.module, u.input_shape).median_ms for u in uses) + 1.0, 0, 1)
 
-    def measure_networks(self, models, input_shape):
+    def measure_networks(self, models, input_shape, repeats=None):
         return [self.measure_network(m, input_shape) for m in models]
 
 
@@ -79,8 +79,12 @@ def test_lut_build_lookup_and_rest_term(tiny_params):
     model = arch.build().eval()
     platform = CountingPlatform()
     lut = build_lut(model, arch, shape, platform, tiny_params.lut, log=lambda _: None)
-    # calibration fits network = scale * layers + rest: exactly 1 x layers + the extra millisecond
+    # calibration fits network = scale * layers + rest: exactly 1 x layers + the extra millisecond,
+    # on the start and random non-uniform networks (not the uniform ones lut --check tests on)
     assert lut.scale == pytest.approx(1.0) and lut.rest_ms == pytest.approx(1.0)
+    fit = lut.stats["calibration"]
+    assert [f["network"] for f in fit] == ["start"] + [f"random_{i}" for i in range(1, len(fit))]
+    assert len({round(f["layer_sum_ms"], 9) for f in fit}) >= 3  # distinct networks
     assert lut.stats["entries"] == len(lut.entries)
     assert lut.stats["non_monotonic_first"] == 0  # MAC counts never fall as channels grow
     estimator = LatencyEstimator(lut, platform, shape, measure_missing=True)
