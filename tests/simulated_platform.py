@@ -22,7 +22,7 @@ from torch import nn
 from netadapt_core.lut import layer_uses
 from netadapt_core.platforms import PLATFORMS, Measurement
 
-SETTINGS: dict[str, Any] = {"drift": 0.5, "start_sum_ms": None, "penalty": None}
+SETTINGS: dict[str, Any] = {"drift": 0.5, "start_sum_ms": None, "penalty": None, "glitches": []}
 
 
 def layer_cost_ms(module: nn.Module, shape: tuple[int, ...]) -> float:
@@ -68,8 +68,12 @@ class SimulatedDrift:
         return (layers + 0.05) * factor * (penalty(model) if penalty else 1.0)
 
     def measure_networks(self, models, input_shape, repeats=None) -> list[Measurement]:
+        """``SETTINGS["glitches"]``: factors popped one per call, each slowing that call's first network
+        (a busy moment of the machine)."""
         self.network_calls += 1
-        return [Measurement(self.true_ms(m, input_shape), 0.0, repeats or 3) for m in models]
+        glitch = SETTINGS["glitches"].pop(0) if SETTINGS["glitches"] else 1.0
+        return [Measurement(self.true_ms(m, input_shape) * (glitch if i == 0 else 1.0), 0.0, repeats or 3)
+                for i, m in enumerate(models)]
 
     def measure_network(self, model, input_shape) -> Measurement:
         return self.measure_networks([model], input_shape)[0]
@@ -83,4 +87,4 @@ def registered():
         yield SETTINGS
     finally:
         PLATFORMS.unregister(SimulatedDrift.name)
-        SETTINGS.update(drift=0.5, start_sum_ms=None, penalty=None)
+        SETTINGS.update(drift=0.5, start_sum_ms=None, penalty=None, glitches=[])

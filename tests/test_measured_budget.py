@@ -183,6 +183,31 @@ def test_a_pick_measured_slower_than_its_parent_is_rejected_for_the_next_best(si
     assert record["measured_ms"] < state.baseline["measured_ms"]
 
 
+def test_a_pick_measured_off_in_a_busy_moment_is_measured_again(sim_params):
+    """The pick's first measurement lands 8% high (a busy moment); it disagrees with its measurement
+    before training, so it is taken again against the parent and the median of the three is kept."""
+    params = sim_params("adapt.short_term_steps=2", drift=0.0)
+    ctx, platform = sim_context(params)
+    run_dir, state = open_run(ctx)
+    loop = NetAdapt(ctx, run_dir, state)
+    step = loop.plan()
+    results = loop.run_serially(loop.jobs(step))
+    calls = platform.network_calls
+    simulated_platform.SETTINGS["glitches"] = [1.08]
+    record = loop.commit(step, results, {})
+    assert record is not None and not record["rejected"]
+    truth = platform.true_ms(load_checkpoint(record["checkpoint"])[0], ctx.input_shape)
+    assert record["measured_estimates_ms"][0] == pytest.approx(truth * 1.08)
+    assert record["measured_ms"] == pytest.approx(truth)
+    assert platform.network_calls == calls + 2  # the first look, then one against the parent
+    # a first look that agrees with what was expected costs no second measurement
+    step = loop.plan()
+    results = loop.run_serially(loop.jobs(step))
+    calls = platform.network_calls
+    record = loop.commit(step, results, {})
+    assert "measured_estimates_ms" not in record and platform.network_calls == calls + 1
+
+
 def test_unreachable_by_measurement_ends_unmet_with_the_cause(sim_params):
     """By the LUT the budget is just reachable (the up-front check passes); by measurement pruning
     saves less, so the run prunes every layer to its minimum, then ends 'unmet', naming the cause
