@@ -172,6 +172,8 @@ class NetAdapt:
         i = len(state.iterations)
         parent_model, _, _ = load_checkpoint(state.current["checkpoint"])
         missing = state.unmet(cfg)
+        if not missing:
+            raise ValueError("every budget is met: there is no iteration to plan")
         driving = missing[0]
         guards = [b for b in state.budgets(cfg) if b not in missing]
         now = state.values(state.current, cfg)

@@ -201,11 +201,13 @@ def test_a_pick_measured_off_in_a_busy_moment_is_measured_again(sim_params):
     assert record["measured_ms"] == pytest.approx(truth)
     assert platform.network_calls == calls + 2  # the first look, then one against the parent
     # a first look that agrees with what was expected costs no second measurement
-    step = loop.plan()
-    results = loop.run_serially(loop.jobs(step))
+    model, _, _ = load_checkpoint(record["checkpoint"])
+    checked = ProposalPlan(0, record["group"], record["channels_before"], record["channels_after"], truth, 0,
+                           verified_ms=truth)
     calls = platform.network_calls
-    record = loop.commit(step, results, {})
-    assert "measured_estimates_ms" not in record and platform.network_calls == calls + 1
+    point, slower = loop._measure_pick(model, checked, state.baseline)
+    assert slower is None and "measured_estimates_ms" not in point and point["measured_ms"] == pytest.approx(truth)
+    assert platform.network_calls == calls + 1
 
 
 def test_unreachable_by_measurement_ends_unmet_with_the_cause(sim_params):
