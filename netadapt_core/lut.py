@@ -416,7 +416,7 @@ def _calibrate(lut: LatencyLUT, estimator: LatencyEstimator, model: nn.Module, i
         scale = 1.0
     lut.scale = scale
     lut.rest_ms = mean_m - scale * mean_s
-    if lut.rest_ms < 0 or not 0.8 <= scale <= 1.3:
+    if lut.rest_ms < -0.05 * start_ms or not 0.8 <= scale <= 1.3:
         log(f"  lut: warning: calibration {scale:.3f} x layers {lut.rest_ms:+.3f} ms is unusual for a CPU; if "
             "the machine was busy, rebuild the LUT on an idle one (the adaptation re-fits its own slope)")
     fit = [{"network": "start" if i == 0 else f"random_{i}", "layer_sum_ms": s, "measured_ms": m}
