@@ -221,8 +221,9 @@ class NetAdapt:
 
     def _verify(self, parent_model: nn.Module, plans: list[ProposalPlan], target: float,
                 parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
-        """Measure candidates whose prediction is uncertain (``adapt.verify``), interleaved with the
-        parent; one measured over the target loses more filters, a grid step at a time."""
+        """Measure candidates before training (``adapt.verify``: all, or under ``auto`` those whose
+        prediction lies within the model's uncertainty of the target), interleaved with the parent;
+        one measured over the target loses more filters, a grid step at a time."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.verify == "none":
             return plans
@@ -254,7 +255,7 @@ class NetAdapt:
             checked.append(plan)
         verified = [p for p in checked if p.verified_ms is not None]
         if verified:
-            ctx.log(f"iteration {plans[0].iteration + 1}: measured {len(verified)} candidate(s) near the target "
+            ctx.log(f"iteration {plans[0].iteration + 1}: measured {len(verified)} candidate(s) for the target "
                     f"{target:.3f} ms: " + ", ".join(f"{p.group}->{p.channels_after} {p.verified_ms:.3f} "
                                                      f"(predicted {p.estimated_ms:.3f})" for p in verified))
         return checked
