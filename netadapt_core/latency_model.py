@@ -85,6 +85,3 @@ class LatencyModel:
             return DEFAULT_REL_ERROR
         return math.sqrt(sum(((p.predicted_ms - p.measured_ms) / p.measured_ms) ** 2 for p in checked)
                          / len(checked))
-
-    def add(self, point: LatencyPoint) -> None:
-        self.points.append(point)

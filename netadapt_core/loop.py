@@ -49,7 +49,7 @@ from .errors import ProposalsFailedError
 from .latency_model import LatencyPoint
 from .resources import Budget, format_value
 from .schedule import reduction
-from .surgery import prunable_groups
+from .surgery import PrunableGroup, prunable_groups
 
 MAX_SHRINKS = 3  # the step is halved at most this often to let more groups propose
 RECHECK_SHARE = 0.03  # a pick measured this far off what was expected is measured again
@@ -209,7 +209,7 @@ class NetAdapt:
             if not plans:
                 return IterationPlan(i, driving.resource, target, [], self._guarded_reason(driving, guards))
         if driving.resource == "latency" and cfg.latency_source == "measured":
-            plans = self._verify(parent_model, plans, target, now["latency"], estimates)
+            plans = self._verify(parent_model, {g.id: g for g in groups}, plans, target, now["latency"], estimates)
         return IterationPlan(i, driving.resource, target, plans, note)
 
     def _target_floor(self, driving: Budget, rel_error: float) -> float:
@@ -219,8 +219,8 @@ class NetAdapt:
             return driving.limit * (1 - max(rel_error, 0.01))
         return driving.limit
 
-    def _verify(self, parent_model: nn.Module, plans: list[ProposalPlan], target: float,
-                parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
+    def _verify(self, parent_model: nn.Module, groups: dict[str, PrunableGroup], plans: list[ProposalPlan],
+                target: float, parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
         """Measure candidates before training (``adapt.verify``: all, or under ``auto`` those whose
         prediction lies within the model's uncertainty of the target), interleaved with the parent;
         one measured over the target loses more filters, a grid step at a time."""
@@ -230,7 +230,6 @@ class NetAdapt:
         model = self.state.latency_model(cfg)
         margin = max(2 * model.relative_error(), 0.01) * parent_ms
         parent_lut_ms = ctx.estimator.estimate_ms(parent_model)
-        groups = {g.id: g for g in prunable_groups(parent_model, ctx.input_shape)}
         checked = []
         for plan in plans:
             if cfg.verify == "auto" and target - plan.estimated_ms >= margin:

@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from .adapt import STATE_FILE, Context, RunState, make_context, measure_point
-from .checkpoint import Architecture, CheckpointError, atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Architecture,
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import Params
-from .errors import StageOrderError
 from .data import describe_data, load_data
+from .errors import StageOrderError
 from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
 from .platforms import make_platform
 from .resources import count_macs_params
@@ -128,8 +135,8 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
                 for ratio in params.lut.check_networks]
     state_path = Path(params.adapt.run_dir) / STATE_FILE
-    if state_path.is_file():
-        state = json.loads(state_path.read_text())
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if state is not None:
         for record in state["iterations"]:
             networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
     at_build = lut.stats.get("network_ms")
@@ -157,9 +164,9 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
         "picks": error_summary([abs(r["rel_error"]) for r in rows if r["network"].startswith("adapt_iter")]),
         "uniform": error_summary([abs(r["rel_error"]) for r in rows if r["network"].startswith("uniform")]),
     }
-    if state_path.is_file():
+    if state is not None:
         # what planning used: each pick predicted from its parent's measurement (latency model)
-        points = [p for p in json.loads(state_path.read_text()).get("latency_points", []) if p.get("predicted_ms")]
+        points = [p for p in state.get("latency_points", []) if p.get("predicted_ms")]
         summary["predictions"] = {
             kind: error_summary([abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"]
                                  for p in points if p.get("kind", "pick") == kind])

@@ -77,7 +77,7 @@ def test_latency_model_prior_then_fit():
     parent_lut, parent_ms = 10.0, 10.0
     for lut in (9.0, 8.0, 7.0, 6.0, 5.0):
         measured = parent_ms - 0.8 * (parent_lut - lut)
-        model.add(LatencyPoint(lut_ms=lut, measured_ms=measured, parent_lut_ms=parent_lut,
+        model.points.append(LatencyPoint(lut_ms=lut, measured_ms=measured, parent_lut_ms=parent_lut,
                                parent_measured_ms=parent_ms, predicted_ms=parent_ms - (parent_lut - lut)))
         parent_lut, parent_ms = lut, measured
     assert 0.8 < model.slope < 0.82
