@@ -1,8 +1,9 @@
 """``netadapt``: the command line. Each stage reads ``params.yaml`` (``--params``) plus
 ``--set section.key=value`` overrides, and fails before any work on a bad setting.
 
-    netadapt all                      # data, pretrain, lut, adapt, lut check, finetune, report
+    netadapt all                      # data, pretrain, lut, adapt, lut check, finetune, export, report
     netadapt lut --check              # LUT estimate against measurement
+    netadapt export                   # the fine-tuned network as ONNX, torch.export, TorchScript, checked
     netadapt adapt --set adapt.budget_ratio=0.6
 """
 
@@ -16,16 +17,17 @@ import time
 import traceback
 from pathlib import Path
 
-from netadapt_core.adapt import STATE_FILE, open_estimator
+from netadapt_core.adapt import STATE_FILE, check_pretrained, open_estimator
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError, StageOrderError
+from netadapt_core.export import finetuned_checkpoint
 from netadapt_core.platforms import ALLOCATOR_ENV
 
 from .tracking import check_tracking
 
 EXIT_UNMET = 3  # the adaptation ran to its end (files and reports written) without meeting a budget
-STAGES = ("data", "pretrain", "lut", "adapt", "finetune", "report", "all")
+STAGES = ("data", "pretrain", "lut", "adapt", "finetune", "export", "report", "all")
 
 
 def _reexec_with_allocator_settings(argv: list[str]) -> None:
@@ -47,10 +49,11 @@ def prefect_environment() -> None:
 def preflight(stage: str, params: Params) -> None:
     """Check a stage's inputs before starting Prefect, so a missing or broken file is reported
     plainly (the stages check again; this only front-loads the common mistakes)."""
-    if stage in ("adapt", "finetune", "report", "all"):
+    if stage in ("adapt", "finetune", "export", "report", "all"):
         check_tracking(params.tracking)
     if stage == "adapt":
         _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+        check_pretrained(params, arch, meta)
         open_estimator(params, arch, tuple(meta["input_shape"]))
     if stage in ("finetune", "report"):
         state = Path(params.adapt.run_dir) / STATE_FILE
@@ -58,6 +61,8 @@ def preflight(stage: str, params: Params) -> None:
             raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
     if stage == "report":
         load_checkpoint(params.pretrain.checkpoint)
+    if stage == "export":
+        load_checkpoint(finetuned_checkpoint(params)[0])
 
 
 def run_stage(stage: str, params_path: str | None, overrides: list[str], check: bool = False) -> None:
@@ -65,7 +70,7 @@ def run_stage(stage: str, params_path: str | None, overrides: list[str], check: 
     prefect_environment()
     from .pipeline import FLOWS
 
-    kwargs = {"check": True} if stage == "lut" and check else {}
+    kwargs = {"check": True} if stage in ("lut", "export") and check else {}
     started = time.perf_counter()
     FLOWS[stage](params_path, overrides, **kwargs)
     print(f"== netadapt {stage} done in {time.perf_counter() - started:.0f}s", flush=True)
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--params", default=None, help="settings file (default: ./params.yaml if present)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--check", action="store_true", help="with lut: compare estimates to measurements")
+    parser.add_argument("--check", action="store_true", help="with lut: compare estimates to measurements; "
+                        "with export: check the exported files (sha256, outputs) without rewriting them")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     params_path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)

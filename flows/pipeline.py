@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from netadapt_core.config import load_params
+from netadapt_core.export import MANIFEST
 from tasks import stages
 
 from .adapt import adapt_flow
@@ -42,6 +43,22 @@ def finetune_flow(params_path: str | None = "params.yaml", overrides: list[str] 
     return results
 
 
+@flow(name="netadapt-export", log_prints=True)
+def export_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None,
+                check: bool = False) -> dict[str, Any]:
+    """The final fine-tuned network as ONNX, torch.export and TorchScript files, each checked against
+    PyTorch on test images; logged as artifacts (``export/``) of the adaptation's MLflow run.
+    ``check``: re-check the files already exported, writing nothing."""
+    params = load_params(params_path, overrides)
+    check_tracking(params.tracking)
+    result = stages.export(params, check=check)
+    tracker = AdaptTracker.resume(params)
+    if tracker and not check:
+        out = Path(params.export.out_dir)
+        tracker.log_files([out / name for name in [*result["files"], MANIFEST]], "export")
+    return result
+
+
 @flow(name="netadapt-report", log_prints=True)
 def report_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     params = load_params(params_path, overrides)
@@ -58,13 +75,16 @@ def report_flow(params_path: str | None = "params.yaml", overrides: list[str] | 
 
 @flow(name="netadapt-pipeline", log_prints=True)
 def pipeline_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
-    """data -> pretrain -> lut -> adapt -> lut check -> finetune -> report."""
+    """data -> pretrain -> lut -> adapt -> lut check -> finetune -> export -> report."""
     data_flow(params_path, overrides)
     pretrain_flow(params_path, overrides)
     lut_flow(params_path, overrides)
     adapt_flow(params_path, overrides)
     lut_flow(params_path, overrides, check=True)
-    finetune_flow(params_path, overrides)
+    if finetune_flow(params_path, overrides):
+        export_flow(params_path, overrides)
+    else:
+        print("export: skipped, the adaptation has no fine-tuned network (it ended before its first iteration)")
     return report_flow(params_path, overrides)
 
 
@@ -74,6 +94,7 @@ FLOWS = {
     "lut": lut_flow,
     "adapt": adapt_flow,
     "finetune": finetune_flow,
+    "export": export_flow,
     "report": report_flow,
     "all": pipeline_flow,
 }

@@ -170,3 +170,9 @@ class AdaptTracker:
             if path.is_file():
                 folder = "plots" if path.suffix == ".png" else "reports"
                 self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def log_files(self, paths: list[Path], folder: str) -> None:
+        """Log the files that exist among ``paths`` as artifacts under ``folder`` (e.g. ``export``)."""
+        for path in paths:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path=folder)

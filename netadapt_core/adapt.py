@@ -33,14 +33,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import AdaptConfig, ConfigError, Params
-from .data import DataBundle, load_data
+from .data import DataBundle, describe_data, load_data
 from .errors import NetAdaptError
 from .latency_model import LatencyModel, LatencyPoint
 from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
+from .models.sources import factory_defaults, split_name
 from .platforms import make_platform
 from .resources import Budget, count_macs_params, format_value
 from .schedule import budgets, unmet
-from .surgery import prunable_groups, prune_group
+from .surgery import SurgeryError, check_surgery, prunable_groups, prune_group
 from .training import evaluate, train
 
 STATE_FILE = "state.json"
@@ -124,9 +125,40 @@ def open_estimator(params: Params, arch: Architecture, input_shape: tuple[int, .
     return estimator
 
 
+def architecture(params: Params) -> tuple[Architecture, tuple[int, int, int]]:
+    """The starting network's architecture and input shape (C, H, W), from the settings alone."""
+    in_channels, size, num_classes = describe_data(params.data)
+    m = params.model
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
+    if split_name(m.name)[0] == "builtin":
+        kwargs.update(factory_defaults(m.name))  # the record names every argument
+    else:
+        kwargs["image_size"] = size
+    kwargs.update(m.kwargs)
+    return Architecture(m.name, kwargs), (in_channels, size, size)
+
+
+def check_pretrained(params: Params, arch: Architecture, meta: dict[str, Any]) -> None:
+    """Refuse a pretrained checkpoint made for other settings (model, its arguments, the data's
+    classes, channels or size): adapting it would silently adapt another network."""
+    expected, shape = architecture(params)
+    differ = {k for k in set(arch.kwargs) | set(expected.kwargs) if arch.kwargs.get(k) != expected.kwargs.get(k)}
+    problems = ([f"model {arch.name!r} vs {expected.name!r}"] if arch.name != expected.name else []) + [
+        f"{k} {arch.kwargs.get(k)!r} vs {expected.kwargs.get(k)!r}" for k in sorted(differ)]
+    if list(meta.get("input_shape", shape)) != list(shape):
+        problems.append(f"input shape {meta['input_shape']} vs {list(shape)}")
+    if problems:
+        raise ConfigError(
+            f"{params.pretrain.checkpoint} was made for other settings than these ({'; '.join(problems)}; "
+            "checkpoint vs settings). Fix: run `netadapt pretrain` (or `dvc repro`) to make it for these "
+            "settings, or restore the settings it was made with"
+        )
+
+
 def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
     data = load_data(params.data)
-    _, arch, _ = load_checkpoint(params.pretrain.checkpoint)
+    _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+    check_pretrained(params, arch, meta)
     return Context(params, data, open_estimator(params, arch, data.input_shape), log)
 
 
@@ -194,7 +226,7 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dic
     """
     plans = []
     estimates = {} if estimates is None else estimates
-    for index, group in enumerate(prunable_groups(parent, ctx.input_shape)):
+    for index, group in enumerate(prunable_groups(parent, ctx.input_shape, ctx.params.adapt.exclude)):
         options = group_options(ctx, group)
         if not options:
             continue
@@ -416,6 +448,13 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} exists but has no {STATE_FILE}; move it away or pick another adapt.run_dir")
     model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    surgery = check_surgery(model, ctx.input_shape, params.adapt.exclude)  # before any measurement or training
+    skipped = {g: why for g, why in surgery.items() if why.startswith("skipped")}
+    ctx.log(f"surgery checked on {len(surgery) - len(skipped)} groups "
+            f"({sum(v == 'function' for v in surgery.values())} keep the network's function exactly)"
+            + (f"; not pruned: {', '.join(f'{g} ({why})' for g, why in skipped.items())}" if skipped else ""))
+    if len(skipped) == len(surgery):
+        raise SurgeryError("no layer of this network can be pruned: " + "; ".join(f"{g}: {w}" for g, w in surgery.items()))
     baseline_ckpt = run_dir / "iter_000.pt"  # copied there once the run is known to be feasible
     baseline = {
         "iteration": 0,
@@ -427,6 +466,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(baseline_ckpt, Path(params.pretrain.checkpoint).read_bytes())
+    atomic_write_json(run_dir / "surgery.json", surgery)
     baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
     state = RunState(config_hash, pretrained_sha, baseline)
     state.save(run_dir)
@@ -437,7 +477,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
 def check_reachable(ctx: Context, model: nn.Module, all_budgets: list[Budget], start: dict[str, float]) -> None:
     """Fail before any training if even the smallest network the grid allows misses a budget."""
     smallest = copy.deepcopy(model)
-    for group in prunable_groups(smallest, ctx.input_shape):
+    for group in prunable_groups(smallest, ctx.input_shape, ctx.params.adapt.exclude):
         g = ctx.estimator.lut.grid[group.id]
         floor = channel_grid(g["original"], g["step"], g["min"])[-1]
         if floor < group.channels:

@@ -30,7 +30,9 @@ class CheckpointError(NetAdaptError, RuntimeError):
 
 @dataclass
 class Architecture:
-    """A registered model name plus the keyword arguments it was built with."""
+    """A model name (any source: built-in, ``torchvision:``, ``timm:``, an entry point) plus every
+    keyword argument it was built with, ``num_classes`` and ``in_channels`` included: enough for any
+    worker with the same packages to rebuild the network."""
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)

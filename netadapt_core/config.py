@@ -17,7 +17,12 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 from .errors import NetAdaptError
@@ -64,8 +69,10 @@ class DataConfig(_Section):
 def _registered(kind: str, name: str) -> str:
     """Check ``name`` against a registry (imported late: the registries import this module)."""
     if kind == "model":
-        from .models import MODELS as registry
-    elif kind == "platform":
+        from .models import check_model_name
+
+        return check_model_name(name)
+    if kind == "platform":
         from .platforms import PLATFORMS as registry
     else:
         from .importance import IMPORTANCE as registry
@@ -75,17 +82,50 @@ def _registered(kind: str, name: str) -> str:
 
 
 class ModelConfig(_Section):
-    """Architecture of the starting network, by registry name plus its keyword arguments."""
+    """The starting network: where it comes from, its builder's arguments, and its weights."""
 
-    name: str = "mobilenet_v1"
+    RENAMED: ClassVar[dict[str, str]] = {k: f"model.kwargs.{k}" for k in ("width_mult", "first_stride", "dropout")}
+
+    name: str = Field(
+        "mobilenet_v1",
+        description="mobilenet_v1 | mobilenet_v2 | tiny_cnn | torchvision:<builder> | timm:<name> | "
+        "a name an installed package registers (entry-point group netadapt.models)",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the builder's own keyword arguments, e.g. {width_mult: 0.5} or {zero_init_residual: true}",
+    )
+    weights: str | None = Field(
+        None,
+        description="a state_dict file (.safetensors, or .pt/.pth read with weights_only) that replaces "
+        "pretraining; it must fit the network as built for the data set (classes, input channels)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in cls.RENAMED.items():
+                if old in data:
+                    raise ValueError(f"model.{old} is now {new} (the builder's own arguments live in model.kwargs)")
+        return data
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
         return _registered("model", name)
-    width_mult: float = Field(1.0, gt=0, le=4)
-    first_stride: int = Field(1, ge=1, le=4, description="stride of the stem conv; 1 suits 28-32 px")
-    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _json_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(kwargs) & {"num_classes", "in_channels", "image_size", "in_chans"})
+        if reserved:
+            raise ValueError(f"model.kwargs may not set {reserved}: netadapt sets them from the data set")
+        try:
+            json.dumps(kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.kwargs must hold plain values (numbers, strings, lists): {exc}") from None
+        return kwargs
 
 
 class TrainConfig(_Section):
@@ -237,6 +277,10 @@ class AdaptConfig(TrainConfig):
     batch_size: int = Field(32, ge=1)
     threads: int = Field(1, ge=1, description="torch threads of each proposal's training (adapt.workers at once)")
     importance: str = "l2_norm"
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="layer-name patterns (shell-style, e.g. 'layer4.*') whose groups are never pruned",
+    )
     pick: Literal["accuracy", "accuracy_per_latency"] = "accuracy"
     latency_source: Literal["measured", "lut"] = Field(
         "measured",
@@ -319,6 +363,30 @@ class TrackingConfig(_Section):
     connect_timeout_s: float = Field(5.0, gt=0, description="how long to wait for a tracking server")
 
 
+ExportFormat = Literal["onnx", "torch_export", "torchscript"]
+
+
+class ExportConfig(_Section):
+    """``netadapt export``: deployable files of the final fine-tuned network, each checked against PyTorch."""
+
+    out_dir: str = Field("artifacts/export", description="folder of the exported files and export.json")
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["onnx", "torch_export", "torchscript"], min_length=1,
+        description="onnx (model.onnx), torch_export (model.pt2), torchscript (model.torchscript.pt)",
+    )
+    rtol: float = Field(1e-3, ge=0, description="an output may differ from PyTorch's by atol + rtol * |output|")
+    atol: float = Field(1e-4, ge=0)
+    samples: int = Field(8, ge=1, description="test-set images each exported file is checked on")
+    onnx_opset: int = Field(17, ge=9, le=23, description="ONNX opset of model.onnx")
+
+    @field_validator("formats")
+    @classmethod
+    def _no_repeats(cls, formats: list[str]) -> list[str]:
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"export.formats lists a format twice: {formats}")
+        return formats
+
+
 class ReportConfig(_Section):
     metrics: str = "reports/metrics.json"
     tradeoff: str = "reports/tradeoff.csv"
@@ -336,6 +404,7 @@ class Params(_Section):
     lut: LutConfig = Field(default_factory=LutConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

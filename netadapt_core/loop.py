@@ -180,7 +180,7 @@ class NetAdapt:
         model = state.latency_model(cfg)
         step = reduction(i, driving.resource, state.values(state.baseline, cfg), cfg)
         floor = self._target_floor(driving, model.relative_error())
-        groups = prunable_groups(parent_model, ctx.input_shape)
+        groups = prunable_groups(parent_model, ctx.input_shape, ctx.params.adapt.exclude)
         eligible = [g for g in groups if group_options(ctx, g)]
         if not eligible:
             return IterationPlan(i, driving.resource, floor, [], self._at_minimum_reason(driving, now))

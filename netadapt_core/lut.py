@@ -31,7 +31,7 @@ from torch import nn
 from .checkpoint import Architecture, atomic_write_json
 from .config import LutConfig
 from .errors import NetAdaptError
-from .layers import layer_kind, leaf_modules, signature
+from .layers import layer_kind, leaf_modules, resized, signature
 from .surgery import prunable_groups, prune_group
 
 LUT_FORMAT = "netadapt-lut/1"
@@ -442,4 +442,4 @@ def _fresh_layer(recipe: _LayerRecipe, templates: dict[str, nn.Module]) -> tuple
     template = templates[recipe.name]
     if recipe.channels is None:
         return copy.deepcopy(template), recipe.input_shape
-    return layer_kind(template, recipe.name).rebuild(template, recipe.channels), recipe.input_shape
+    return resized(template, recipe.channels, recipe.name), recipe.input_shape

@@ -13,19 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adapt import STATE_FILE, Context, RunState, make_context, measure_point
+from .adapt import STATE_FILE, Context, RunState, architecture, make_context, measure_point
 from .checkpoint import (
-    Architecture,
     CheckpointError,
     atomic_write_bytes,
     atomic_write_json,
+    file_sha256,
     load_checkpoint,
     save_checkpoint,
 )
 from .config import Params
-from .data import describe_data, load_data
+from .data import load_data
 from .errors import StageOrderError
 from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
+from .models import check_network
+from .models.weights import WeightsError, load_weights
 from .platforms import make_platform
 from .resources import count_macs_params
 from .schedule import budgets as resolve_budgets
@@ -33,17 +35,6 @@ from .surgery import prunable_groups
 from .training import evaluate, steps_for_epochs, train
 
 Log = Callable[[str], None]
-
-
-def architecture(params: Params) -> tuple[Architecture, tuple[int, int, int]]:
-    """The starting network's architecture and input shape (C, H, W), from the settings alone."""
-    in_channels, size, num_classes = describe_data(params.data)
-    m = params.model
-    kwargs = {
-        "num_classes": num_classes, "in_channels": in_channels, "width_mult": m.width_mult,
-        "first_stride": m.first_stride, "dropout": m.dropout,
-    }
-    return Architecture(m.name, kwargs), (in_channels, size, size)
 
 
 def run_data(params: Params, log: Log = print) -> dict[str, Any]:
@@ -61,36 +52,47 @@ def run_data(params: Params, log: Log = print) -> dict[str, Any]:
 
 
 def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
-    """Train the starting network from scratch; skipped when the checkpoint matches the settings."""
+    """Make the starting network: import ``model.weights``, or train from scratch. Skipped when the
+    checkpoint was made from the same settings (and the same weights file)."""
     cfg = params.pretrain
-    config_hash = params.section_hash("data", "model", "pretrain")
+    weights = params.model.weights
+    weights_sha256 = file_sha256(weights) if weights and Path(weights).is_file() else None
+    if weights and weights_sha256 is None:
+        raise WeightsError(f"weights file {weights} (model.weights) does not exist; fix the path")
+    config_hash = params.section_hash("data", "model", "pretrain") + (f"-{weights_sha256[:16]}" if weights else "")
     path = Path(cfg.checkpoint)
     if path.is_file():
         try:
             _, _, meta = load_checkpoint(path)
         except CheckpointError as exc:  # a damaged file is simply re-made
-            log(f"pretrain: {path} cannot be read ({exc}); training again")
+            log(f"pretrain: {path} cannot be read ({exc}); making it again")
             meta = {}
         if meta.get("config_hash") == config_hash:
             log(f"pretrain: {path} is up to date (test accuracy {meta['test_accuracy']:.4f})")
             return meta
     arch, input_shape = architecture(params)
-    data = load_data(params.data)
     model = arch.build()
-    steps = steps_for_epochs(data.train, cfg.batch_size, cfg.epochs)
-    log(f"pretrain: {arch.name} on {params.data.dataset}, {len(data.train)} images, {steps} steps")
-    stats = train(model, data.train, cfg, steps, seed=cfg.seed, cosine=True, log=log)
+    check_network(model, input_shape, arch.kwargs["num_classes"], arch.name)
+    data = load_data(params.data)
+    if weights:
+        load_weights(model, weights, arch.name)
+        source = {"weights": str(weights), "weights_sha256": weights_sha256, "steps": 0, "seconds": 0.0}
+        log(f"pretrain: {arch.name} weights imported from {weights} (sha256 {weights_sha256[:12]})")
+    else:
+        steps = steps_for_epochs(data.train, cfg.batch_size, cfg.epochs)
+        log(f"pretrain: {arch.name} on {params.data.dataset}, {len(data.train)} images, {steps} steps")
+        stats = train(model, data.train, cfg, steps, seed=cfg.seed, cosine=True, log=log)
+        source = {"steps": steps, "seconds": round(stats.seconds, 1)}
     meta = {
         "config_hash": config_hash,
         "input_shape": list(input_shape),
         "test_accuracy": evaluate(model, data.test, threads=cfg.threads),
         "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads),
-        "steps": steps,
-        "seconds": round(stats.seconds, 1),
+        **source,
         **count_macs_params(model, input_shape),
     }
     save_checkpoint(path, model, arch, meta)
-    log(f"pretrain: test accuracy {meta['test_accuracy']:.4f} in {stats.seconds:.0f}s -> {path}")
+    log(f"pretrain: test accuracy {meta['test_accuracy']:.4f} -> {path}")
     return meta
 
 

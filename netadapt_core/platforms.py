@@ -280,11 +280,12 @@ FUSED_AFTER_CONV: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.ReLU, nn.ReL
 MAX_WEIGHT_COPIES = 32
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int) -> bytes:
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool = False) -> bytes:
     """``module`` (eval mode) as an ONNX model with input ``input`` of a fixed shape, in memory.
 
     The TorchScript exporter (``dynamo=False``) needs no onnxscript, and in eval mode it folds
-    BatchNorm into a preceding conv, as a deployment export does.
+    BatchNorm into a preceding conv, as a deployment export does. ``dynamic_batch``: the first
+    dimension of ``input`` and ``output`` is a symbol (``batch``) instead of ``input_shape[0]``.
     """
     was_training = module.training
     buffer = io.BytesIO()
@@ -295,6 +296,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int) -> 
             torch.onnx.export(
                 module, (torch.zeros(input_shape),), buffer, dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"], do_constant_folding=True,
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
             )
     finally:
         module.train(was_training)

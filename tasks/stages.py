@@ -1,4 +1,5 @@
-"""Tasks for the stages around the adaptation: each wraps one ``netadapt_core.pipeline`` function.
+"""Tasks for the stages around the adaptation: each wraps one ``netadapt_core.pipeline`` function
+(``export``: ``netadapt_core.export.run_export``).
 
 Their outputs are files named in ``params.yaml``; they return small JSON-able records. Caching of
 these is by content inside the stage (pretrain skips a matching checkpoint, the LUT build reuses
@@ -14,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from netadapt_core import pipeline
 from netadapt_core.config import Params
+from netadapt_core.export import run_export
 
 
 @task(name="data", cache_policy=NO_CACHE)
@@ -39,6 +41,11 @@ def check_lut(params: Params) -> dict[str, Any]:
 @task(name="finetune", cache_policy=NO_CACHE)
 def finetune(params: Params) -> list[dict[str, Any]]:
     return pipeline.run_finetune(params)
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export(params: Params, check: bool = False) -> dict[str, Any]:
+    return run_export(params, check=check)
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -45,6 +45,7 @@ def tiny_overrides(root: Path, data_root: Path) -> list[str]:
         "adapt.reduction_decay=0.9",
         "finetune.epochs=0.5",
         f"finetune.out_dir={out}/finetuned",
+        f"export.out_dir={out}/export",
         f"report.metrics={out}/metrics.json",
         f"report.tradeoff={out}/tradeoff.csv",
         f"report.lut_check={out}/lut_check.csv",
@@ -102,6 +103,7 @@ def run_params(tmp_path, tiny_params, pretrained, tiny_lut):
     """The shared pretrained network and LUT, with a fresh run directory per test."""
     def make(*extra: str) -> Params:
         overrides = [f"adapt.run_dir={tmp_path}/run", f"finetune.out_dir={tmp_path}/finetuned",
+                     f"export.out_dir={tmp_path}/export",
                      f"report.metrics={tmp_path}/metrics.json", f"report.tradeoff={tmp_path}/tradeoff.csv",
                      f"report.lut_check={tmp_path}/lut_check.csv", f"report.layers={tmp_path}/layers.csv",
                      f"report.data={tmp_path}/data.json", f"report.plots_dir={tmp_path}/plots", *extra]

@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-PATH_KEYS = ("pretrain.checkpoint", "lut.path", "lut.on_demand_path", "adapt.run_dir", "finetune.out_dir", "report.", "tracking.uri")
+PATH_KEYS = ("pretrain.checkpoint", "lut.path", "lut.on_demand_path", "adapt.run_dir", "finetune.out_dir", "export.out_dir", "report.", "tracking.uri")
 
 
 @pytest.mark.slow

@@ -9,16 +9,21 @@ from netadapt_core.checkpoint import CheckpointError, load_checkpoint
 from netadapt_core.config import ConfigError, load_params
 from netadapt_core.data import DataMissingError
 from netadapt_core.errors import NetAdaptError, ProposalsFailedError, StageOrderError
+from netadapt_core.export import ExportError
 from netadapt_core.layers import UnsupportedLayerError
 from netadapt_core.lut import LatencyLUT, LutError
+from netadapt_core.models import ModelError
+from netadapt_core.models.weights import WeightsError
 from netadapt_core.platforms import PlatformError
+from netadapt_core.surgery import SurgeryError
 
 
 @pytest.mark.parametrize("error, builtin", [
     (ConfigError, ValueError), (DataMissingError, FileNotFoundError), (CheckpointError, RuntimeError),
     (LutError, RuntimeError), (BudgetUnreachableError, RuntimeError), (UnsupportedLayerError, TypeError),
     (PlatformError, RuntimeError), (TrackingUnavailableError, RuntimeError), (StageOrderError, FileNotFoundError),
-    (ProposalsFailedError, RuntimeError),
+    (ProposalsFailedError, RuntimeError), (ModelError, ValueError), (WeightsError, ValueError),
+    (SurgeryError, RuntimeError), (ExportError, RuntimeError),
 ])
 def test_one_family(error, builtin):
     assert issubclass(error, NetAdaptError) and issubclass(error, builtin)

@@ -117,8 +117,11 @@ def test_without_anchoring_the_same_drift_misses_the_budget(sim_params):
     run_dir, state = open_run(ctx)
     NetAdapt(ctx, run_dir, state).run()
     final = state.iterations[-1]
-    measured_budget = 0.5 * state.baseline["measured_ms"]
-    assert state.status == "done" and final["measured_ms"] > measured_budget * 1.05
+    # 'done' by the LUT while the measured latency of the pick is far off its LUT estimate: where the
+    # stop lands on the budget by the LUT, it lands over it by measurement (with this tiny network's
+    # coarse steps the stop can also overshoot far enough to hide that, depending on the picks)
+    assert state.status == "done" and final["measured_ms"] > 1.15 * final["lut_ms"]
+    assert final["lut_ms"] <= 0.5 * state.baseline["lut_ms"] * 1.0001
 
 
 def test_step_shrinks_until_most_groups_can_propose(sim_params):

@@ -191,7 +191,7 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     from netadapt_core.pipeline import run_lut, run_pretrain
 
     params = load_params(None, [
-        *tiny_overrides(tmp_path, data_root), "model.width_mult=4", "platform.name=onnxruntime-cpu",
+        *tiny_overrides(tmp_path, data_root), "model.kwargs.width_mult=4", "platform.name=onnxruntime-cpu",
         "platform.batch_size=1", "pretrain.epochs=1", "lut.channel_step=16", "lut.check_networks=[1.0]",
         "adapt.budget_ratio=0.7", "adapt.initial_reduction_ratio=0.1", "tracking.enabled=false",
     ])

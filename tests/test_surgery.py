@@ -1,4 +1,5 @@
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from netadapt_core.checkpoint import Architecture, CheckpointError, load_checkpo
 from netadapt_core.importance import IMPORTANCE, least_important
 from netadapt_core.layers import UnsupportedLayerError, channel_spec
 from netadapt_core.models import build_model
-from netadapt_core.surgery import prunable_groups, prune_group
+from netadapt_core.surgery import prunable_groups, prune_group, skipped_groups
 
 SHAPE = (1, 28, 28)
 
@@ -124,13 +125,32 @@ def test_corrupt_and_foreign_checkpoints_fail_clearly(tmp_path):
 
 
 def test_unsupported_layers_are_named():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(10))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PReLU(4), nn.Flatten(), nn.LazyLinear(10))
     model(torch.zeros(1, *SHAPE))
-    with pytest.raises(UnsupportedLayerError, match="GroupNorm.*register_layer_kind"):
+    with pytest.raises(UnsupportedLayerError, match="'1', of type PReLU.*register_layer_kind"):
         channel_spec(model)
-    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2))
-    with pytest.raises(UnsupportedLayerError, match="grouped Conv2d"):
-        prunable_groups(grouped, (4, 8, 8))
+
+    class WithToken(nn.Module):  # a container with a parameter of its own, like a ViT's class token
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(4))
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x) + self.token[:, None, None]
+
+    with pytest.raises(UnsupportedLayerError, match="'body', of type WithToken"):
+        channel_spec(nn.Sequential(OrderedDict(body=WithToken())))
+
+
+def test_groups_through_a_grouped_conv_are_skipped_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=4),
+                          nn.ReLU(), nn.Conv2d(16, 12, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+    groups = {g.id for g in prunable_groups(model, SHAPE)}
+    assert groups == {"5"}  # the 1x1 conv; the stem and the grouped conv feed a grouped conv
+    skipped = skipped_groups(model, SHAPE)
+    assert set(skipped) == {"0", "3"} and all("grouped conv 3" in why for why in skipped.values())
+    assert set(skipped_groups(model, SHAPE, exclude=["5"])) == {"0", "3", "5"}
 
 
 def test_deepcopy_prune_leaves_parent_untouched():

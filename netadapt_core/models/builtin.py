@@ -1,20 +1,20 @@
-"""Model registry: MobileNetV1 (width multiplier), torchvision's MobileNetV2, and a tiny CNN for tests.
+"""The built-in networks: MobileNetV1 (width multiplier), torchvision's MobileNetV2 with a small-image
+stem, and a tiny CNN for tests.
 
-Every factory takes ``num_classes``, ``in_channels``, ``width_mult``, ``first_stride`` and
-``dropout`` so that one ``model:`` section in ``params.yaml`` describes any of them::
+Each factory takes ``num_classes`` and ``in_channels`` (set from the data set) plus its own
+arguments (``model.kwargs``: ``width_mult``, ``first_stride``, ``dropout``); the defaults suit
+28-32 px images (stem stride 1)::
 
     model = build_model("mobilenet_v1", num_classes=10, in_channels=1, width_mult=0.5)
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-from .registry import Registry
+from ..registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model")  # built-ins and models registered from Python
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -62,14 +62,15 @@ class MobileNetV1(nn.Module):
 
 
 @MODELS.register("mobilenet_v1")
-def mobilenet_v1(**kwargs: Any) -> nn.Module:
-    return MobileNetV1(**kwargs)
+def mobilenet_v1(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, first_stride: int = 1,
+                 dropout: float = 0.0) -> nn.Module:
+    return MobileNetV1(num_classes, in_channels, width_mult, first_stride, dropout)
 
 
 @MODELS.register("mobilenet_v2")
 def mobilenet_v2(
-    num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, first_stride: int = 2,
-    dropout: float = 0.2,
+    num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, first_stride: int = 1,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """torchvision's MobileNetV2 with the stem adapted to ``in_channels`` and ``first_stride``."""
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
@@ -106,18 +107,6 @@ class TinyCNN(nn.Module):
 
 
 @MODELS.register("tiny_cnn")
-def tiny_cnn(**kwargs: Any) -> nn.Module:
-    return TinyCNN(**kwargs)
-
-
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model at its original widths; see ``MODELS.names()``."""
-    return MODELS.get(name)(**kwargs)
-
-
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The last Linear layer: its outputs are the classes and are never pruned."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("the network has no Linear classifier layer")
-    return linears[-1]
+def tiny_cnn(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0, first_stride: int = 1,
+             dropout: float = 0.0) -> nn.Module:
+    return TinyCNN(num_classes, in_channels, width_mult, first_stride, dropout)
