@@ -46,6 +46,8 @@ def main() -> None:
     print("$ " + " ".join(command), flush=True)
     done = subprocess.run(command, cwd=ROOT, env=os.environ, check=False)
     wall = time.perf_counter() - started
+    if done.returncode not in (0, 3):  # 3: ended without meeting the budget, reports written
+        sys.exit(f"netadapt all failed (exit {done.returncode}); see its output above")
     metrics = json.loads((out / "metrics.json").read_text())
     base, final = metrics["baseline"], metrics["final"]
     print(f"\n{args.model} on Fashion-MNIST {args.image_size} px, {cpu_model()}, exit {done.returncode}")

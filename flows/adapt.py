@@ -56,7 +56,8 @@ def _map_on(runner, task, params_json: str):
     def map_proposals(jobs: list[ProposalJob]) -> list[ProposalResult | None]:
         futures = [runner.submit(task, parameters={
             "params_json": params_json, "parent_checkpoint": job.parent_checkpoint, "plan": job.plan.__dict__,
-            "out_path": job.out_path, "key": job.key, "journal": job.journal}) for job in jobs]
+            "out_path": job.out_path, "key": job.key, "journal": job.journal, "steps": job.steps,
+            "resume_from": job.resume_from, "screening_round": job.screening_round}) for job in jobs]
         results: list[ProposalResult | None] = []
         for job, future in zip(jobs, futures):
             future.wait()

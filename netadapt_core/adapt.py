@@ -291,8 +291,13 @@ def plan_from_dict(record: dict[str, Any]) -> ProposalPlan:
 
 
 def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan: ProposalPlan,
-                 out_path: str, key: str, journal: str | Path | None = None) -> ProposalResult:
+                 out_path: str, key: str, journal: str | Path | None = None, steps: int | None = None,
+                 resume_from: str | None = None, screening_round: int = 0) -> ProposalResult:
     """Prune the plan's filters from the parent, fine-tune short-term, score on the holdout set.
+
+    ``steps`` (default ``adapt.short_term_steps``) SGD steps are trained; with ``resume_from`` (the
+    proposal's checkpoint from an earlier screening round) training goes on from there instead of
+    pruning the parent again (fresh momentum; round ``screening_round`` draws other batches).
 
     Idempotent: a proposal whose record (``out_path`` with ``.json``) carries the same ``key`` is
     returned as it was, not run again. Each real execution appends a line to ``journal`` (JSON
@@ -302,21 +307,35 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
     if done is not None:
         return done
     started = time.time()
-    model, arch, _ = load_checkpoint(parent_checkpoint)
     cfg = params.adapt
-    prune_group(model, plan.group, plan.n_remove, data.input_shape, cfg.importance)
-    stats = train(model, data.train, cfg, cfg.short_term_steps, seed=plan.seed)
+    if resume_from is None:
+        model, arch, _ = load_checkpoint(parent_checkpoint)
+        prune_group(model, plan.group, plan.n_remove, data.input_shape, cfg.importance)
+    else:
+        model, arch, _ = load_checkpoint(resume_from)
+    steps = cfg.short_term_steps if steps is None else steps
+    stats = train(model, data.train, cfg, steps, seed=plan.seed + 7919 * screening_round)
     accuracy = evaluate(model, data.holdout, threads=cfg.threads)
     sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
     result = ProposalResult(plan, out_path, accuracy, stats.seconds)
     atomic_write_json(Path(out_path).with_suffix(".json"),
-                      {**result.to_dict(), "plan": asdict(plan), "key": key, "checkpoint_sha256": sha})
+                      {**result.to_dict(), "plan": asdict(plan), "key": key, "checkpoint_sha256": sha,
+                       "steps": steps, "screening_round": screening_round})
     if journal is not None:
         entry = {"iteration": plan.iteration, "group": plan.group, "key": key, "pid": os.getpid(),
-                 "started": started, "finished": time.time()}
+                 "steps": steps, "round": screening_round, "started": started, "finished": time.time()}
         with open(journal, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
     return result
+
+
+def halving_schedule(total_steps: int, rounds: int, proposals: int) -> list[int]:
+    """Cumulative training steps after each screening round: ``total_steps / 2**(rounds-1-k)``,
+    one round (no screening) when there are two proposals or fewer, or too few steps to share."""
+    if proposals <= 2 or total_steps < 2:
+        return [total_steps]
+    marks = [max(1, round(total_steps / 2 ** (rounds - 1 - k))) for k in range(rounds)]
+    return sorted(set(marks))
 
 
 def rank_proposals(results: list[ProposalResult], rule: str, parent_accuracy: float,

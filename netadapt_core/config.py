@@ -273,6 +273,14 @@ class AdaptConfig(TrainConfig):
     reduction_decay: float = Field(0.96, gt=0, le=1, description="delta_i = delta_0 * decay**i")
     max_iterations: int = Field(30, ge=1)
     short_term_steps: int = Field(20, ge=0, description="SGD steps of short-term fine-tuning")
+    screening: Literal["full", "halving"] = Field(
+        "full",
+        description="full: every proposal gets adapt.short_term_steps (the paper); halving: successive "
+        "halving, every proposal trains a share, the better half (by adapt.pick on the holdout) goes on, "
+        "until the survivors have had the full adapt.short_term_steps",
+    )
+    halving_rounds: int = Field(3, ge=2, le=6, description="halving: rounds; round k of R trains to "
+                                "short_term_steps / 2**(R-1-k) steps")
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
     threads: int = Field(1, ge=1, description="torch threads of each proposal's training (adapt.workers at once)")

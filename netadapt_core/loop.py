@@ -36,6 +36,7 @@ from .adapt import (
     ProposalResult,
     RunState,
     group_options,
+    halving_schedule,
     measure_point,
     plan_from_dict,
     plan_proposals,
@@ -64,6 +65,9 @@ class ProposalJob:
     out_path: str
     key: str
     journal: str
+    steps: int | None = None  # None: adapt.short_term_steps
+    resume_from: str | None = None  # the proposal's checkpoint from the previous screening round
+    screening_round: int = 0
 
 
 MapProposals = Callable[[list[ProposalJob]], list[ProposalResult | None]]
@@ -91,6 +95,7 @@ class NetAdapt:
     def __init__(self, ctx: Context, run_dir: Path, state: RunState) -> None:
         self.ctx, self.run_dir, self.state = ctx, run_dir, state
         self.cfg = ctx.params.adapt
+        self.screened_out: list[dict[str, Any]] = []  # this iteration's proposals dropped by screening
 
     # ------------------------------------------------------------------ the loop
     def run(self, map_proposals: MapProposals | None = None, on_iteration: OnIteration | None = None) -> RunState:
@@ -109,7 +114,7 @@ class NetAdapt:
             if not step.plans:
                 return self._finish("unmet", step.note)
             planned = time.perf_counter()
-            results = [r for r in map_proposals(self.jobs(step)) if r is not None]
+            results = self.screen(step, map_proposals)
             if not results:
                 raise ProposalsFailedError(f"iteration {step.iteration + 1}: every proposal failed; see the log. "
                                            "Re-run to resume: finished proposals are kept.")
@@ -127,11 +132,46 @@ class NetAdapt:
         for job in jobs:
             try:
                 results.append(run_proposal(self.ctx.params, self.ctx.data, job.parent_checkpoint, job.plan,
-                                            job.out_path, job.key, job.journal))
+                                            job.out_path, job.key, job.journal, job.steps, job.resume_from,
+                                            job.screening_round))
             except Exception as exc:  # noqa: BLE001  # one broken proposal costs that proposal only
                 self.ctx.log(f"proposal {job.plan.group} failed and is skipped: {type(exc).__name__}: {exc}")
                 results.append(None)
         return results
+
+    def screen(self, step: IterationPlan, map_proposals: MapProposals) -> list[ProposalResult]:
+        """Short-term fine-tune the proposals. ``adapt.screening: halving`` trains them in rounds
+        to a growing share of ``adapt.short_term_steps``; after each round the better half (by
+        ``adapt.pick`` on the holdout set) goes on, the rest is recorded in ``screened_out``."""
+        cfg, parent = self.cfg, self.state.current
+        jobs = self.jobs(step)
+        self.screened_out = []
+        marks = ([cfg.short_term_steps] if cfg.screening == "full"
+                 else halving_schedule(cfg.short_term_steps, cfg.halving_rounds, len(jobs)))
+        if len(marks) == 1:
+            return [r for r in map_proposals(jobs) if r is not None]
+        done_steps, previous = 0, {}
+        for k, mark in enumerate(marks):
+            last = k == len(marks) - 1
+            round_jobs = [replace(job, steps=mark - done_steps, resume_from=previous.get(job.plan.group),
+                                  screening_round=k, key=f"{job.key}-r{k}of{len(marks)}:{mark}",
+                                  out_path=job.out_path if last else f"{job.out_path.removesuffix('.pt')}.r{k}.pt")
+                          for job in jobs]
+            results = [r for r in map_proposals(round_jobs) if r is not None]
+            if last:
+                return results
+            ranked = rank_proposals(results, cfg.pick, parent["holdout_accuracy"],
+                                    self.state.latency(parent, cfg))
+            keep = ranked[:max(2, math.ceil(len(ranked) / 2))]
+            kept = {r.plan.group for r in keep}
+            self.screened_out += [{"group": r.plan.group, "channels_after": r.plan.channels_after, "steps": mark,
+                                   "holdout_accuracy": r.holdout_accuracy} for r in ranked if r.plan.group not in kept]
+            self.ctx.log(f"iteration {step.iteration + 1}: screening round {k + 1}/{len(marks)} at {mark} steps: "
+                         f"{len(keep)} of {len(results)} proposals go on")
+            previous = {r.plan.group: r.checkpoint for r in keep}
+            jobs = [job for job in jobs if job.plan.group in kept]
+            done_steps = mark
+        return []  # pragma: no cover - the last round returns
 
     def jobs(self, step: IterationPlan) -> list[ProposalJob]:
         parent = self.state.current
@@ -333,6 +373,7 @@ class NetAdapt:
             "checkpoint_sha256": file_sha256(final_ckpt),
             "proposals": [dict(p.to_dict(), picked=p is best) for p in proposals],
             "rejected": rejected,
+            "screened_out": self.screened_out,
             "note": step.note,
             "timing": timing,
             **point,

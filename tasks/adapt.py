@@ -28,11 +28,14 @@ def _data(data_json: str) -> DataBundle:
 @task(name="make-proposal", cache_policy=NO_CACHE,
       task_run_name="proposal {plan[group]} (iteration {plan[iteration]})")
 def make_proposal(params_json: str, parent_checkpoint: str, plan: dict[str, Any], out_path: str, key: str,
-                  journal: str) -> dict[str, Any]:
-    """Prune one group of the parent, fine-tune short-term, score on the holdout set."""
+                  journal: str, steps: int | None = None, resume_from: str | None = None,
+                  screening_round: int = 0) -> dict[str, Any]:
+    """Prune one group of the parent (or resume it from a screening round), fine-tune short-term,
+    score on the holdout set."""
     params = Params.model_validate_json(params_json)
     data = _data(params.data.model_dump_json())
-    result = run_proposal(params, data, parent_checkpoint, plan_from_dict(plan), out_path, key, journal)
+    result = run_proposal(params, data, parent_checkpoint, plan_from_dict(plan), out_path, key, journal,
+                          steps, resume_from, screening_round)
     return result.to_dict()
 
 

@@ -74,11 +74,11 @@ def test_failing_proposal_is_retried_then_skipped(run_params, run_flow, monkeypa
     real = tasks.adapt.run_proposal
     calls = Counter()
 
-    def flaky(params, data, parent, plan, out_path, key, journal=None):
+    def flaky(params, data, parent, plan, out_path, key, journal=None, *screening):
         calls[plan.group] += 1
         if plan.group == "head.0":
             raise RuntimeError("worker died")
-        return real(params, data, parent, plan, out_path, key, journal)
+        return real(params, data, parent, plan, out_path, key, journal, *screening)
 
     monkeypatch.setattr(tasks.adapt, "run_proposal", flaky)
     params = run_params(*DETERMINISTIC, "adapt.max_iterations=1", "adapt.proposal_retries=2")
