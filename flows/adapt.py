@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 
 from netadapt_core.adapt import ProposalResult, make_context, open_run
@@ -96,9 +97,18 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
         if tracker:
             tracker.log_iterations(state)
 
-    with make_task_runner(cfg) as runner:
-        task = make_proposal.with_options(retries=cfg.proposal_retries)
-        NetAdapt(ctx, run_dir, state).run(_map_on(runner, task, params.model_dump_json()), on_iteration)
+    try:
+        with make_task_runner(cfg) as runner:
+            task = make_proposal.with_options(retries=cfg.proposal_retries)
+            NetAdapt(ctx, run_dir, state).run(_map_on(runner, task, params.model_dump_json()), on_iteration)
+    except (KeyboardInterrupt, ExternalSignal):  # Ctrl-C, SIGTERM (the CLI's KeyboardInterrupt, Prefect's signal)
+        if tracker:
+            tracker.abort("KILLED", f"stopped on request after {len(state.iterations)} iteration(s); resumable")
+        raise
+    except BaseException as exc:
+        if tracker:
+            tracker.abort("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
     if tracker:
         tracker.finish(state)
     return {"status": state.status, "reason": state.reason, "iterations": len(state.iterations),

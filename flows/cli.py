@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -87,6 +88,24 @@ def unmet_budget(params: Params) -> str | None:
     return None
 
 
+EXIT_STOPPED = 130  # stopped on request (Ctrl-C, SIGTERM): files whole, the next run resumes
+
+
+def _stop_on_request() -> None:
+    """SIGTERM stops like Ctrl-C (KeyboardInterrupt: the stages unwind, every write is atomic);
+    a second signal of either kind ends the process at once."""
+    received = []
+
+    def handler(signum, _frame):
+        received.append(signum)
+        if len(received) > 1:
+            os._exit(EXIT_STOPPED)
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="netadapt", description=__doc__,
@@ -99,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     params_path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    _stop_on_request()
     try:
         preflight(args.stage, load_params(params_path, args.overrides))  # fail before any work
         if args.stage in ("lut", "adapt", "all"):
@@ -111,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                       + (" (the closest network is fine-tuned and reported)" if args.stage == "all" else ""),
                       file=sys.stderr)
                 return EXIT_UNMET
+    except KeyboardInterrupt:
+        print(f"netadapt {args.stage}: stopped on request; every file written is whole, and running the "
+              "same command again resumes", file=sys.stderr)
+        return EXIT_STOPPED
     except NetAdaptError as exc:  # a problem the user can fix: one line (-v: the traceback too)
         if args.verbose:
             traceback.print_exc()

@@ -88,6 +88,7 @@ class AdaptTracker:
             if saved.get("config_hash") == state.config_hash:
                 tracker = cls(params, run_dir, saved["run_id"], saved["logged_steps"])
                 tracker.client.set_tag(tracker.run_id, "prefect_flow_run_id_resumed", flow_run_id)
+                tracker.client.update_run(tracker.run_id, status="RUNNING")  # the same run goes on
                 return tracker
         from mlflow.entities import Param
 
@@ -136,6 +137,12 @@ class AdaptTracker:
                 self.client.log_table(self.run_id, table, f"proposals/iteration_{step:03d}.json")
             self.logged_steps.append(step)
             self._save(state.config_hash)
+
+    def abort(self, status: str, reason: str) -> None:
+        """End the run as the adaptation ended: KILLED (stopped on request) or FAILED (an error);
+        a resumed adaptation sets it RUNNING again and goes on in the same run."""
+        self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, status)
 
     def finish(self, state: RunState) -> None:
         self.client.set_tag(self.run_id, "status", state.status)

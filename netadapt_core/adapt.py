@@ -442,10 +442,43 @@ def adapt_config_hash(params: Params) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_HELD_LOCKS: dict[str, Any] = {}  # run directory -> the open lock file this process holds
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold ``<run_dir>.lock`` for the rest of this process: a second adaptation of the same run
+    directory (another process) is refused, naming the process that holds it. The lock is the
+    kernel's (``flock``): it goes with the process, however that ends."""
+    import fcntl
+
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        return
+    path = run_dir.with_name(f"{run_dir.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{run_dir} is being adapted by {holder}; two adaptations of one run directory would overwrite "
+            "each other's files. Fix: wait for it to finish (or stop it), or choose another adapt.run_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _HELD_LOCKS[key] = handle
+
+
 def open_run(ctx: Context) -> tuple[Path, RunState]:
     """Resume the run in ``adapt.run_dir`` if its settings match, else start one (keeping old runs)."""
     params = ctx.params
     run_dir = Path(params.adapt.run_dir)
+    lock_run_dir(run_dir)
     config_hash = adapt_config_hash(params)
     pretrained_sha = file_sha256(params.pretrain.checkpoint)
     state_path = run_dir / STATE_FILE

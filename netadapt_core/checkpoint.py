@@ -7,7 +7,10 @@ atomic (write a temporary file, then rename), so an interrupted save never leave
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import NetAdaptError
+from .errors import NetAdaptError, OutputError
 from .layers import apply_channel_spec, channel_spec
 from .models import build_model
 
@@ -26,6 +29,35 @@ FORMAT = "netadapt-checkpoint/1"
 
 class CheckpointError(NetAdaptError, RuntimeError):
     """A checkpoint is missing, corrupt, or not a netadapt checkpoint."""
+
+
+class RunStateError(NetAdaptError, ValueError):
+    """The ``state.json`` of an adaptation's run directory is damaged."""
+
+
+RUN_STATE_KEYS = ("config_hash", "pretrained_sha256", "baseline", "iterations", "status")
+
+
+def read_run_state(path: str | Path) -> dict[str, Any]:
+    """The record in an adaptation's ``state.json`` at ``path`` (which must exist), checked for the
+    keys every stage reads; a damaged file is a ``RunStateError`` naming it and the fix."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a record")
+        missing = [k for k in RUN_STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} missing")
+        if not isinstance(state["iterations"], list) or not isinstance(state["baseline"], dict):
+            raise ValueError("iterations must be a list and baseline a record")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunStateError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}), so the adaptation in {path.parent} cannot be "
+            f"resumed or read. Fix: restore it (e.g. `dvc checkout`), or move {path.parent} away (or set "
+            "adapt.run_dir to another folder) and run `netadapt adapt` again"
+        ) from None
+    return state
 
 
 @dataclass
@@ -52,15 +84,59 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_writable(path: str | Path, key: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder on its way that is a
+    file, a folder without write permission, or the path itself a folder. ``key`` is the setting
+    that names it (e.g. ``pretrain.checkpoint``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{key}={path} is a folder, but it names a file. Fix: set {key} to a file path")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(
+            f"{key}={path} cannot be written: {folder} is a file, not a folder. Fix: set {key} to a path "
+            f"under a folder, or move {folder} away"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{key}={path} cannot be written: no write permission in {folder}. Fix: set {key} "
+                          "to a path you can write")
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """As ``check_writable`` for an output folder (e.g. ``adapt.run_dir``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{key}={path} is a file, but it names a folder. Fix: set {key} to a folder path, "
+                          f"or move {path} away")
+    check_writable(path / "_", key)
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """The ``OutputError`` for a write of ``path`` that failed with ``exc`` (disk full, a file where a
+    folder should be, no permission)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "the disk is full" if full else exc.strerror or str(exc)
+    fix = "free disk space, or point the setting" if full else "point the setting"
+    return OutputError(f"cannot write {path}: {why}. Fix: {fix} that names this file (see params.yaml) to a "
+                       "writable place; the previous file, if any, is intact")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise output_error(path, exc) from exc
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
@@ -70,7 +146,6 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
 def save_checkpoint(path: str | Path, model: nn.Module, arch: Architecture, meta: dict | None = None) -> str:
     """Write ``model`` atomically; returns the file's sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "arch": arch.to_dict(),
@@ -78,9 +153,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: Architecture, meta
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta_json": json.dumps(meta or {}, sort_keys=True),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # a failed write (disk full) is an OutputError naming the file
     return file_sha256(path)
 
 
@@ -91,18 +166,27 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, Architecture, dict]:
         raise CheckpointError(f"checkpoint {path} does not exist (run the stage that writes it first)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged zip / pickle
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged zip / pickle
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a netadapt checkpoint ({type(exc).__name__}: {exc}). "
             "Fix: re-run the stage that writes it, or restore it (e.g. `dvc checkout`)."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file; re-create it with this version of netadapt")
-    arch = Architecture(payload["arch"]["name"], payload["arch"]["kwargs"])
+    try:
+        arch = Architecture(payload["arch"]["name"], dict(payload["arch"]["kwargs"]))
+        meta = json.loads(payload["meta_json"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc} in its header). Fix: re-run the stage "
+            "that writes it, or restore it (e.g. `dvc checkout`)."
+        ) from None
     try:
         model = apply_channel_spec(arch.build(), payload["channels"])
         model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, NetAdaptError):  # e.g. the model's package is not installed here
+            raise
         raise CheckpointError(f"checkpoint {path} does not fit architecture {arch.name!r}: {exc}") from None
     model.eval()
-    return model, arch, json.loads(payload["meta_json"])
+    return model, arch, meta

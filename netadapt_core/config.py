@@ -435,18 +435,34 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {assignment!r}: {key!r} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"override {assignment!r}: the value is not valid YAML ({_yaml_problem(exc)}). Fix: quote it, "
+            "e.g. --set 'section.key=\"text\"', or write a list as [a, b] and a mapping as {key: value}"
+        ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, 1-based)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid settings in {source}:"]
+    """Every problem of ``err`` on one line: its dotted key, what is wrong, the value given."""
+    problems = []
     for problem in err.errors():
         where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml for the known keys)"
-        lines.append(f"  {where}: {message} (got {problem.get('input')!r})")
-    return "\n".join(lines)
+        given = repr(problem.get("input"))
+        given = given if len(given) <= 120 else given[:117] + "..."
+        problems.append(f"{where}: {message} (got {given})")
+    return f"invalid settings in {source}: " + "; ".join(problems)
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
@@ -468,9 +484,16 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+            raise ConfigError(
+                f"{file} is not valid YAML: {_yaml_problem(exc)}. Fix: correct the file (compare params.yaml)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"settings file {file} cannot be read ({exc}); pass --params with a params.yaml") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{file} must hold a mapping of sections (data:, model:, ...)")
+            raise ConfigError(
+                f"{file} holds a {type(loaded).__name__}, not a mapping of sections; it must look like params.yaml "
+                "(data:, model:, adapt:, ...)"
+            )
         tree = loaded or {}
     for assignment in overrides or []:
         _apply_override(tree, assignment)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig
 from .errors import NetAdaptError
 
 _FMNIST_FILES = (
@@ -136,15 +136,7 @@ def _load_cifar10(cfg: DataConfig) -> tuple[TensorImages, TensorImages, int]:
 
 def _load_image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
 
-    root = Path(cfg.image_folder or "")
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataMissingError(
-                f"data.image_folder={root} has no {split}/ folder. Fix: lay it out as "
-                f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg."
-            )
     size = cfg.image_size or 32
     transform = transforms.Compose(
         [
@@ -154,11 +146,32 @@ def _load_image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int, int]:
             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
         ]
     )
-    train = ImageFolder(str(root / "train"), transform=transform)
-    test = ImageFolder(str(root / "test"), transform=transform)
-    if train.classes != test.classes:
-        raise DataMissingError(f"{root}/train and {root}/test hold different classes; they must match")
+    train, test = _image_folders(cfg, transform)
     return train, test, len(train.classes), size
+
+
+def _image_folders(cfg: DataConfig, transform=None) -> tuple[Dataset, Dataset]:
+    """The train/ and test/ ImageFolders of ``data.image_folder``; a missing or empty split, or splits
+    with different classes, is a ``DataMissingError`` naming the folder and the layout it needs."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.image_folder or "")
+    layout = f"Fix: lay it out as {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg."
+    folders = []
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataMissingError(f"data.image_folder={root} has no {split}/ folder. {layout}")
+        try:
+            folders.append(ImageFolder(str(root / split), transform=transform))
+        except FileNotFoundError as exc:  # no class folder, or a class folder without images
+            raise DataMissingError(f"data.image_folder={root}: {split}/ holds no images ({exc}) {layout}") from None
+    train, test = folders
+    if train.classes != test.classes:
+        raise DataMissingError(
+            f"data.image_folder={root}: train/ and test/ hold different classes ({train.classes} vs "
+            f"{test.classes}); they must match"
+        )
+    return train, test
 
 
 def describe_data(cfg: DataConfig) -> tuple[int, int, int]:
@@ -173,11 +186,52 @@ def describe_data(cfg: DataConfig) -> tuple[int, int, int]:
     return 3, cfg.image_size or 32, sum(1 for p in train.iterdir() if p.is_dir())
 
 
+TRAIN_IMAGES = {"fashion_mnist": 60000, "cifar10": 50000}  # training-set sizes of the built-in data sets
+
+
+def check_data(cfg: DataConfig) -> int:
+    """Check, without loading any image, that the configured data set is there (or will be
+    downloaded) and that ``data.holdout_size`` leaves training images; returns the training-set size.
+
+    Raises ``DataMissingError`` (missing files, an empty image folder) or ``ConfigError`` (the
+    holdout split takes every training image), each naming the setting and the fix.
+    """
+    if cfg.dataset == "imagefolder":
+        n = len(_image_folders(cfg)[0])
+    else:
+        n = TRAIN_IMAGES[cfg.dataset]
+        if not cfg.download and not _files_present(cfg):
+            if cfg.dataset == "fashion_mnist":
+                raise DataMissingError(
+                    f"Fashion-MNIST is neither under {cfg.root}/FashionMNIST/raw nor in data.debian_dir="
+                    f"{cfg.debian_dir} (data.download is false). Fix: `apt-get install dataset-fashion-mnist`, "
+                    "or set data.download=true where the network allows, or point data.debian_dir at the "
+                    "gzipped IDX files."
+                )
+            raise DataMissingError(
+                f"CIFAR-10 is not under {cfg.root}/cifar-10-batches-py (data.download is false). Fix: set "
+                "data.download=true, or unpack cifar-10-python.tar.gz into data.root."
+            )
+    split_indices(n, cfg.holdout_size, cfg.seed, cfg.train_subset)
+    return n
+
+
+def _files_present(cfg: DataConfig) -> bool:
+    if cfg.dataset == "fashion_mnist":
+        raw = Path(cfg.root) / "FashionMNIST" / "raw"
+        debian = Path(cfg.debian_dir)
+        return (all((raw / name).is_file() for name in _FMNIST_FILES)
+                or all((debian / f"{name}.gz").is_file() for name in _FMNIST_FILES))
+    folder = Path(cfg.root) / "cifar-10-batches-py"
+    return all((folder / name).is_file() for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"))
+
+
 def split_indices(n: int, holdout_size: int, seed: int, train_subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, disjoint (train, holdout) index sets over ``range(n)``."""
     if holdout_size >= n:
-        raise ValueError(
-            f"data.holdout_size={holdout_size} leaves no training images (the training set has {n}); lower it"
+        raise ConfigError(
+            f"data.holdout_size={holdout_size} leaves no training images (the training set has {n}). "
+            f"Fix: set data.holdout_size below {n}"
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     holdout = order[:holdout_size]

@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from .adapt import STATE_FILE
-from .checkpoint import Architecture, atomic_write_bytes, atomic_write_json, file_sha256, load_checkpoint
+from .checkpoint import (
+    Architecture,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    load_checkpoint,
+    read_run_state,
+)
 from .config import DataConfig, ExportConfig, Params
 from .data import _STATS, load_data
 from .errors import NetAdaptError, StageOrderError
@@ -368,7 +375,7 @@ def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], dict[str
     if not state_path.is_file():
         raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt`, then "
                               "`netadapt finetune` first")
-    state = json.loads(state_path.read_text())
+    state = read_run_state(state_path)
     if not state["iterations"]:
         raise StageOrderError(
             f"the adaptation in {params.adapt.run_dir} ended ({state['status']}: {state.get('reason')}) before "
@@ -376,10 +383,16 @@ def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], dict[str
         )
     last = state["iterations"][-1]
     results_path = Path(params.finetune.out_dir) / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else []
-    tuned = {r["iteration"]: r for r in results}
-    record = tuned.get(last["iteration"])
-    if record is None or not Path(record["checkpoint"]).is_file():
+    try:
+        results = json.loads(results_path.read_text()) if results_path.is_file() else []
+        tuned = {int(r["iteration"]): r for r in results}
+        record = tuned.get(last["iteration"])
+        found = record is not None and Path(record["checkpoint"]).is_file()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StageOrderError(
+            f"{results_path} is damaged ({type(exc).__name__}: {exc}). Fix: run `netadapt finetune` again"
+        ) from None
+    if not found:
         where = (f"{results_path} has iterations {sorted(tuned)}" if results_path.is_file()
                  else f"{results_path} does not exist")
         raise StageOrderError(

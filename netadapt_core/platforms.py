@@ -32,6 +32,7 @@ import math
 import os
 import platform as pyplatform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -465,7 +466,7 @@ class OnnxRuntimeCPU(_OnnxPlatform):
                 runs.append(functools.partial(session.run_with_iobinding, binding))
             keep.append((runs, output))
             # every graph goes through the same cycling call, so its cost cancels in differences
-            fns.append(lambda cycle=itertools.cycle(runs): next(cycle)())
+            fns.append(lambda cycle=itertools.cycle(runs): next(cycle)())  # noqa: B008
         return time_callables(fns, self.cfg.warmup, repeats, self.cfg.min_sample_ms,
                               PROBE_MIN_SAMPLE_MS if probe else INTERLEAVED_MIN_SAMPLE_MS)
 
@@ -517,6 +518,25 @@ class CommandPlatform(_OnnxPlatform):
         if not cfg.command:
             raise PlatformError("platform 'command' needs platform.command (examples/command_platform.yaml)")
         super().__init__(cfg)
+        self.program()  # a program that cannot run is refused now, before any export or measurement
+
+    def program(self) -> str:
+        """The executable ``platform.command[0]`` names (placeholders filled in), or a PlatformError."""
+        name = self.argv(Path("model.onnx"), (self.cfg.batch_size, 1, 1, 1), self.cfg.repeats)[0]
+        found = shutil.which(name) if os.sep not in name else (name if Path(name).is_file() else None)
+        if found is None:
+            where = "does not exist" if os.sep in name else "is not a program on PATH"
+            raise PlatformError(
+                f"platform.command[0] {name!r} {where}. Fix: set platform.command to an argv whose first "
+                "element is a program on PATH or a path to one, e.g. [\"{python}\", scripts/stand_in_device.py, "
+                "\"{onnx}\"] (examples/command_platform.yaml)"
+            )
+        if not os.access(found, os.X_OK):
+            raise PlatformError(
+                f"platform.command[0] {found!r} is not executable. Fix: `chmod +x {found}`, or start "
+                "platform.command with its interpreter, e.g. [\"{python}\", script.py, ...]"
+            )
+        return found
 
     def metadata(self) -> dict[str, Any]:
         """The command itself (with placeholders) and the device label key the LUT, not this host."""
