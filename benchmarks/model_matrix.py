@@ -57,7 +57,7 @@ TIMM_SAMPLE = [
 SAMPLE = ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvision:squeezenet1_1",
           "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5", "torchvision:swin_t",
           "timm:mobilenetv3_small_050"]
-SIZES = {"torchvision:inception_v3": 96}  # networks that need a larger input than 32 px
+SIZES = {"torchvision:inception_v3": 96, "torchvision:alexnet": 64}  # networks that need a larger input than 32 px
 
 
 def settings(name: str, out: Path, data_root: Path, size: int) -> Params:
@@ -87,6 +87,7 @@ def try_network(name: str, data_root: Path, log=lambda _: None) -> dict:
             arch, shape = architecture(params)
             model = arch.build().eval()
             row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+            check_network(model, shape, arch.kwargs["num_classes"], name)
             row["step"] = "surgery check"
             report = check_surgery(model, shape)
             row["groups"] = sum(not v.startswith("skipped") for v in report.values())

@@ -24,6 +24,7 @@ from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError, StageOrderError
 from netadapt_core.export import finetuned_checkpoint
 from netadapt_core.platforms import ALLOCATOR_ENV
+from netadapt_core.training import resolve_device
 
 from .tracking import check_tracking
 
@@ -52,6 +53,11 @@ def preflight(stage: str, params: Params) -> None:
     plainly (the stages check again; this only front-loads the common mistakes)."""
     if stage in ("adapt", "finetune", "export", "report", "all"):
         check_tracking(params.tracking)
+    devices = {"pretrain": [("pretrain.device", params.pretrain.device)],
+               "adapt": [("adapt.train_device", params.adapt.train_device)] if params.adapt.runner != "dask" else [],
+               "finetune": [("finetune.device", params.finetune.device)]}
+    for name, value in [d for s, found in devices.items() if stage in (s, "all") for d in found]:
+        resolve_device(value, name)  # a GPU this machine lacks: refused before any work
     if stage == "adapt":
         _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
         check_pretrained(params, arch, meta)

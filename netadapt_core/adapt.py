@@ -315,7 +315,7 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
         model, arch, _ = load_checkpoint(resume_from)
     steps = cfg.short_term_steps if steps is None else steps
     stats = train(model, data.train, cfg, steps, seed=plan.seed + 7919 * screening_round)
-    accuracy = evaluate(model, data.holdout, threads=cfg.threads)
+    accuracy = evaluate(model, data.holdout, threads=cfg.threads, device=cfg.train_device)
     sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
     result = ProposalResult(plan, out_path, accuracy, stats.seconds)
     atomic_write_json(Path(out_path).with_suffix(".json"),

@@ -45,19 +45,25 @@ def read_run_state(path: str | Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
         if not isinstance(state, dict):
-            raise ValueError(f"it holds a {type(state).__name__}, not a record")
+            raise TypeError(f"it holds a {type(state).__name__}, not a record")
         missing = [k for k in RUN_STATE_KEYS if k not in state]
         if missing:
             raise ValueError(f"{', '.join(missing)} missing")
         if not isinstance(state["iterations"], list) or not isinstance(state["baseline"], dict):
-            raise ValueError("iterations must be a list and baseline a record")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunStateError(
-            f"{path} is damaged ({type(exc).__name__}: {exc}), so the adaptation in {path.parent} cannot be "
-            f"resumed or read. Fix: restore it (e.g. `dvc checkout`), or move {path.parent} away (or set "
-            "adapt.run_dir to another folder) and run `netadapt adapt` again"
-        ) from None
+            raise TypeError("iterations must be a list and baseline a record")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise run_state_error(path, exc) from None
     return state
+
+
+def run_state_error(path: str | Path, exc: Exception) -> RunStateError:
+    """The ``RunStateError`` for the damaged ``state.json`` at ``path`` (``exc``: what is wrong)."""
+    folder = Path(path).parent
+    return RunStateError(
+        f"{path} is damaged ({type(exc).__name__}: {exc}), so the adaptation in {folder} cannot be resumed or "
+        f"read. Fix: restore it (e.g. `dvc checkout`), or move {folder} away (or set adapt.run_dir to another "
+        "folder) and run `netadapt adapt` again"
+    )
 
 
 @dataclass

@@ -128,8 +128,17 @@ class ModelConfig(_Section):
         return kwargs
 
 
+def _device_field() -> Any:
+    return Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$",
+                 description="where this stage trains: cpu or cuda[:N] (latency is always measured on the platform)")
+
+
 class TrainConfig(_Section):
     """Shared SGD settings."""
+
+    @property
+    def training_device(self) -> str:
+        return "cpu"
 
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -143,6 +152,11 @@ class PretrainConfig(TrainConfig):
     epochs: float = Field(1.0, gt=0, description="may be fractional: 0.5 is half an epoch")
     lr: float = Field(0.1, gt=0)
     checkpoint: str = "artifacts/pretrained.pt"
+    device: str = _device_field()
+
+    @property
+    def training_device(self) -> str:
+        return self.device
 
 
 class PlatformConfig(_Section):
@@ -273,6 +287,11 @@ class AdaptConfig(TrainConfig):
     reduction_decay: float = Field(0.96, gt=0, le=1, description="delta_i = delta_0 * decay**i")
     max_iterations: int = Field(30, ge=1)
     short_term_steps: int = Field(20, ge=0, description="SGD steps of short-term fine-tuning")
+    train_device: str = _device_field()
+
+    @property
+    def training_device(self) -> str:
+        return self.train_device
     screening: Literal["full", "halving"] = Field(
         "full",
         description="full: every proposal gets adapt.short_term_steps (the paper); halving: successive "
@@ -357,6 +376,11 @@ class AdaptConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(0.02, gt=0)
+    device: str = _device_field()
+
+    @property
+    def training_device(self) -> str:
+        return self.device
     points: Literal["final", "all"] = Field("final", description="which trade-off points to fine-tune")
     out_dir: str = "artifacts/finetuned"
 

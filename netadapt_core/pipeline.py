@@ -13,18 +13,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adapt import STATE_FILE, Context, RunState, architecture, make_context, measure_point
+import torch
+
+from .adapt import (
+    STATE_FILE,
+    BudgetUnreachableError,
+    Context,
+    RunState,
+    architecture,
+    check_pretrained,
+    check_reachable,
+    make_context,
+    measure_point,
+    open_estimator,
+)
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_json,
+    check_writable,
+    check_writable_dir,
     file_sha256,
     load_checkpoint,
+    read_run_state,
+    run_state_error,
     save_checkpoint,
 )
 from .config import Params
-from .data import load_data
+from .data import DataBundle, TensorImages, check_data, load_data
 from .errors import StageOrderError
+from .export import MANIFEST, finetuned_checkpoint
 from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
 from .models import check_network
 from .models.weights import WeightsError, load_weights
@@ -35,6 +53,169 @@ from .surgery import prunable_groups
 from .training import evaluate, steps_for_epochs, train
 
 Log = Callable[[str], None]
+
+# what each stage writes: (setting, names a folder); ``lut_check`` is ``netadapt lut --check``
+OUTPUTS: dict[str, list[tuple[str, bool]]] = {
+    "data": [("report.data", False)],
+    "pretrain": [("pretrain.checkpoint", False)],
+    "lut": [("lut.path", False), ("lut.on_demand_path", False)],
+    "lut_check": [("report.lut_check", False), ("report.plots_dir", True)],
+    "adapt": [("adapt.run_dir", True), ("lut.on_demand_path", False)],
+    "finetune": [("finetune.out_dir", True)],
+    "export": [("export.out_dir", True)],
+    "report": [("report.metrics", False), ("report.tradeoff", False), ("report.layers", False),
+               ("report.plots_dir", True)],
+}
+# a latency budget judged by measurement is checked before measuring against a start this much faster
+# than the LUT's estimate of it (machines drift; a LUT tuned on one VM ran 15-28% off on another), so
+# that only a budget that is clearly out of reach is refused before the start is measured
+PRECHECK_START_SHARE = 0.6
+
+
+def check_inputs(stage: str, params: Params, check: bool = False, log: Log = print) -> None:
+    """Check what ``stage`` reads and where it writes, before it starts any work (the CLI runs this
+    before Prefect starts, so a refusal is one line): the data set, the weights file, the platform,
+    the outputs of earlier stages (checkpoints, LUT, run state), clearly unreachable budgets and the
+    output paths. Every refusal is a ``NetAdaptError`` naming the setting or file and the fix; the
+    stages check again as they go.
+
+    ``stage`` is a CLI stage (``data`` ... ``report``, ``all``); ``check`` is ``--check`` (lut, export).
+    """
+    if stage == "all":
+        for outputs in OUTPUTS.values():
+            _check_outputs(params, outputs)
+        check_data(params.data)
+        _check_start_network(params)
+        make_platform(params.platform)
+        if (Path(params.adapt.run_dir) / STATE_FILE).is_file():  # the adaptation would resume it
+            load_run_state(params)
+        return
+    if stage == "lut" and check:
+        _check_outputs(params, OUTPUTS["lut_check"])
+        arch, input_shape = architecture(params)
+        open_estimator(params, arch, input_shape)
+        if Path(params.pretrain.checkpoint).is_file():
+            load_checkpoint(params.pretrain.checkpoint)
+        if (Path(params.adapt.run_dir) / STATE_FILE).is_file():
+            _check_iteration_checkpoints(load_run_state(params).iterations)
+        return
+    if stage == "export":
+        path, _, _ = finetuned_checkpoint(params)
+        load_checkpoint(path)
+        if check:
+            if not (Path(params.export.out_dir) / MANIFEST).is_file():
+                raise StageOrderError(f"no export in {params.export.out_dir} ({MANIFEST} is missing); run "
+                                      "`netadapt export` first")
+        else:
+            _check_outputs(params, OUTPUTS["export"])
+        return
+    _check_outputs(params, OUTPUTS.get(stage, []))
+    if stage in ("data", "pretrain", "adapt", "finetune"):
+        check_data(params.data)
+    if stage == "pretrain":
+        _check_start_network(params)
+    elif stage == "lut":
+        architecture(params)
+        make_platform(params.platform)
+    elif stage == "adapt":
+        if (Path(params.adapt.run_dir) / STATE_FILE).is_file():
+            load_run_state(params)
+        check_budgets_reachable(params, log)
+    elif stage == "finetune":
+        state = load_run_state(params)
+        _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+        check_pretrained(params, arch, meta)
+        open_estimator(params, arch, tuple(meta["input_shape"]))
+        _check_iteration_checkpoints(state.iterations if params.finetune.points == "all" else state.iterations[-1:])
+    elif stage == "report":
+        state = load_run_state(params)
+        load_checkpoint(params.pretrain.checkpoint)
+        _check_iteration_checkpoints(state.iterations[-1:])
+
+
+def _check_outputs(params: Params, outputs: list[tuple[str, bool]]) -> None:
+    for key, is_folder in outputs:
+        section, name = key.split(".")
+        path = getattr(getattr(params, section), name)
+        (check_writable_dir if is_folder else check_writable)(path, key)
+
+
+def _check_start_network(params: Params) -> None:
+    """The network as built for the data set runs, and ``model.weights`` (if set) fits it."""
+    arch, input_shape = architecture(params)
+    model = arch.build()
+    check_network(model, input_shape, arch.kwargs["num_classes"], arch.name)
+    if params.model.weights:
+        load_weights(model, params.model.weights, arch.name)
+
+
+def _check_iteration_checkpoints(records: list[dict[str, Any]]) -> None:
+    for record in records:
+        if not Path(record["checkpoint"]).is_file():
+            raise CheckpointError(
+                f"checkpoint {record['checkpoint']} of the adaptation's iteration {record['iteration']} does not "
+                "exist. Fix: restore the run directory (e.g. `dvc checkout`), or run `netadapt adapt` again"
+            )
+
+
+def load_run_state(params: Params) -> RunState:
+    """The adaptation in ``adapt.run_dir``: a ``StageOrderError`` when there is none, a ``RunStateError``
+    when its ``state.json`` is damaged."""
+    path = Path(params.adapt.run_dir) / STATE_FILE
+    if not path.is_file():
+        raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
+    raw = read_run_state(path)
+    try:
+        state = RunState(**raw)
+        _check_iteration_records(state.iterations)
+    except (TypeError, KeyError) as exc:
+        raise run_state_error(path, exc) from None
+    return state
+
+
+def _check_iteration_records(records: list[Any]) -> None:
+    for record in records:
+        if not isinstance(record, dict):
+            raise TypeError(f"an iteration record is a {type(record).__name__}")
+        for key in ("iteration", "checkpoint"):
+            if key not in record:
+                raise KeyError(f"{key} of an iteration record")
+
+
+def check_budgets_reachable(params: Params, log: Log = print) -> None:
+    """Refuse, before the start network is measured or anything trained, budgets that even the
+    smallest network the LUT grid allows misses (``adapt.check_reachable`` on the pretrained network).
+
+    MACs and parameters are counted exactly. Latency judged by the LUT (``adapt.latency_source: lut``)
+    is exact too; latency judged by measurement is checked against the LUT's estimate of the start,
+    and refused here only if it is missed with a start ``PRECHECK_START_SHARE`` of that (the
+    adaptation checks again once it has measured the start). Layers of the smallest network the LUT
+    lacks are measured (``lut.measure_missing``) and kept in ``lut.on_demand_path`` for the run.
+    """
+    model, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+    input_shape = tuple(meta["input_shape"])
+    check_pretrained(params, arch, meta)
+    estimator = open_estimator(params, arch, input_shape)
+    no_images = TensorImages(torch.empty(0, *input_shape), torch.empty(0, dtype=torch.int64))
+    data = DataBundle(no_images, no_images, no_images, arch.kwargs["num_classes"], input_shape[0], input_shape[-1])
+    ctx = Context(params, data, estimator, log)
+    counted = count_macs_params(model, input_shape)
+    start = {"latency": estimator.estimate_ms(model), **counted}
+    cautious = dict(start)
+    if params.adapt.latency_source == "measured":
+        cautious["latency"] = start["latency"] * PRECHECK_START_SHARE
+    measured_before = estimator.measured_on_demand
+    try:
+        check_reachable(ctx, model, resolve_budgets(cautious, params.adapt), cautious)
+    except BudgetUnreachableError:
+        try:  # the same budgets against the LUT's own estimate of the start, for the message
+            check_reachable(ctx, model, resolve_budgets(start, params.adapt), start)
+        except BudgetUnreachableError as exc:
+            raise BudgetUnreachableError(f"{exc} (checked on the LUT before measuring or training anything)") from None
+        raise
+    finally:
+        if estimator.measured_on_demand > measured_before:
+            estimator.save()
 
 
 def run_data(params: Params, log: Log = print) -> dict[str, Any]:
@@ -86,8 +267,8 @@ def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
     meta = {
         "config_hash": config_hash,
         "input_shape": list(input_shape),
-        "test_accuracy": evaluate(model, data.test, threads=cfg.threads),
-        "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads),
+        "test_accuracy": evaluate(model, data.test, threads=cfg.threads, device=cfg.device),
+        "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads, device=cfg.device),
         **source,
         **count_macs_params(model, input_shape),
     }
@@ -137,7 +318,7 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
                 for ratio in params.lut.check_networks]
     state_path = Path(params.adapt.run_dir) / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    state = read_run_state(state_path) if state_path.is_file() else None
     if state is not None:
         for record in state["iterations"]:
             networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
@@ -222,8 +403,8 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
     stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True, log=ctx.log)
     result = {
         "iteration": record["iteration"],
-        "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads),
-        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads),
+        "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads, device=cfg.device),
+        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads, device=cfg.device),
         "finetune_steps": steps,
         "finetune_seconds": round(stats.seconds, 1),
         **measure_point(ctx, model, baseline),
@@ -236,10 +417,7 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
 
 def run_finetune(params: Params, log: Log = print) -> list[dict[str, Any]]:
     """Long-term fine-tune the final network (or every trade-off point) and score it on the test set."""
-    state_path = Path(params.adapt.run_dir) / STATE_FILE
-    if not state_path.is_file():
-        raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
-    state = RunState(**json.loads(state_path.read_text()))
+    state = load_run_state(params)
     if not state.iterations:
         log(f"finetune: the adaptation in {params.adapt.run_dir} ended ({state.status}) before its first "
             "iteration; nothing to fine-tune")
@@ -269,10 +447,15 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 def run_report(params: Params, log: Log = print) -> dict[str, Any]:
     """``reports/metrics.json`` (baseline vs final) and ``reports/tradeoff.csv`` (one row per iteration)."""
-    state = RunState(**json.loads((Path(params.adapt.run_dir) / STATE_FILE).read_text()))
+    state = load_run_state(params)
     _, _, pre_meta = load_checkpoint(params.pretrain.checkpoint)
     results_path = Path(params.finetune.out_dir) / "results.json"
-    finetuned = {r["iteration"]: r for r in json.loads(results_path.read_text())} if results_path.is_file() else {}
+    try:
+        finetuned = {r["iteration"]: r for r in json.loads(results_path.read_text())} if results_path.is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StageOrderError(
+            f"{results_path} is damaged ({type(exc).__name__}: {exc}). Fix: run `netadapt finetune` again"
+        ) from None
     keys = ("measured_ms", "lut_ms", "macs", "params", "holdout_accuracy")
     baseline = {k: state.baseline[k] for k in keys} | {"test_accuracy": pre_meta["test_accuracy"]}
     last = state.iterations[-1] if state.iterations else state.baseline

@@ -12,7 +12,30 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .config import TrainConfig
+from .errors import NetAdaptError
 from .data import iterate_batches
+
+
+DEVICE_SETTINGS = "the training device (pretrain.device, adapt.train_device, finetune.device)"
+
+
+class TrainingError(NetAdaptError, RuntimeError):
+    """Training cannot run (no such device) or diverged; the message says what to change."""
+
+
+def resolve_device(name: str, setting: str = "device") -> torch.device:
+    """``name`` (cpu, cuda, cuda:N) as a torch device, refusing a GPU this machine does not have."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= count:
+            raise TrainingError(
+                f"{setting} is {name}, but this machine has {count or 'no'} CUDA GPU{'s' if count != 1 else ''} "
+                f"(torch {torch.__version__}, torch.cuda.is_available() = {torch.cuda.is_available()}). Fix: set "
+                f"{setting}=cpu, or run this on a machine (or Dask workers) with a GPU"
+            )
+    return device
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,8 @@ def train(
     torch.manual_seed(seed)
     if steps == 0:
         return TrainStats(0, float("nan"), 0.0)
+    device = resolve_device(cfg.training_device, DEVICE_SETTINGS)
+    model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         nesterov=cfg.momentum > 0,
@@ -58,6 +83,7 @@ def train(
     last_log = started
     for step in range(steps):
         images, labels = next(batches)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(images), labels)
         loss.backward()
@@ -70,23 +96,28 @@ def train(
             last_log = now
             left = (now - started) / (step + 1) * (steps - step - 1)
             log(f"  step {step + 1}/{steps}, loss {loss_value:.3f}, {now - started:.0f}s so far, about {left:.0f}s left")
-    model.eval()
+    model.eval().to("cpu")  # checkpoints, surgery and latency work on the CPU copy
     if not math.isfinite(loss_value):
-        raise FloatingPointError(f"training diverged (loss {loss_value}); lower the learning rate")
+        raise TrainingError(f"training diverged (loss {loss_value}); lower the learning rate (lr) of this stage")
     return TrainStats(steps, loss_value, time.perf_counter() - started)
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 500, threads: int | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1]."""
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 500, threads: int | None = None,
+             device: str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1] (on ``device``; the model is left on the CPU)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    model.eval()
+    target = resolve_device(device, DEVICE_SETTINGS)
+    model.eval().to(target)
     correct = 0
     total = 0
-    with torch.inference_mode():
-        for images, labels in iterate_batches(dataset, batch_size, shuffle=False):
-            correct += (model(images).argmax(1) == labels).sum().item()
-            total += len(labels)
+    try:
+        with torch.inference_mode():
+            for images, labels in iterate_batches(dataset, batch_size, shuffle=False):
+                correct += (model(images.to(target)).argmax(1).cpu() == labels).sum().item()
+                total += len(labels)
+    finally:
+        model.to("cpu")
     if total == 0:
         raise ValueError("cannot evaluate on an empty data set")
     return correct / total

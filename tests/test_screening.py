@@ -49,3 +49,32 @@ def test_halving_trains_the_better_half_to_the_full_budget_and_resumes(run_param
     out = record["screened_out"][0]["group"]
     assert len(record["proposals"]) == 2 and out not in {p["group"] for p in record["proposals"]}
     assert record["group"] != out
+
+
+def test_training_device_gpu_or_a_clear_refusal(tiny_params, tiny_data, tmp_path):
+    """With a GPU, proposals and fine-tuning train on it; without one, the setting is refused
+    before any work with the fix (latency is measured on the platform either way)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from netadapt_core.config import with_overrides
+    from netadapt_core.models import build_model
+    from netadapt_core.training import TrainingError, evaluate, resolve_device, train
+
+    params = with_overrides(tiny_params, ["adapt.train_device=cuda", "finetune.device=cuda:0"])
+    if torch.cuda.is_available():
+        model = build_model("tiny_cnn", num_classes=10, in_channels=1)
+        train(model, tiny_data.train, params.adapt, 3, seed=0)
+        assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU
+        assert 0 <= evaluate(model, tiny_data.holdout, device="cuda") <= 1
+        return
+    with pytest.raises(TrainingError, match="adapt.train_device is cuda, but this machine has no CUDA GPU"):
+        resolve_device("cuda", "adapt.train_device")
+    with pytest.raises(TrainingError, match="no CUDA GPU.*Fix: set"):
+        train(build_model("tiny_cnn", num_classes=10, in_channels=1), tiny_data.train, params.adapt, 1, seed=0)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "finetune", "--set", "finetune.device=cuda:1",
+                           "--set", f"adapt.run_dir={tmp_path}/none"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "finetune.device is cuda:1" in done.stderr and "Traceback" not in done.stderr
