@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from netadapt_core.platforms import cpu_model  # noqa: E402
+from netadapt_core.platforms import cpu_model
 
 
 def run_mode(mode: str, out: Path, extra: list[str]) -> dict:

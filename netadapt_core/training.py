@@ -12,9 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .config import TrainConfig
-from .errors import NetAdaptError
 from .data import iterate_batches
-
+from .errors import NetAdaptError
 
 DEVICE_SETTINGS = "the training device (pretrain.device, adapt.train_device, finetune.device)"
 
