@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,11 @@ from prefect import flow
 
 from netadapt_core.config import load_params
 from netadapt_core.export import MANIFEST
+from netadapt_core.pipeline import check_inputs
 from tasks import stages
 
 from .adapt import adapt_flow
+from .runners import check_runner
 from .tracking import AdaptTracker, check_tracking
 
 
@@ -88,13 +92,33 @@ def pipeline_flow(params_path: str | None = "params.yaml", overrides: list[str] 
     return report_flow(params_path, overrides)
 
 
+def checked(stage: str, stage_flow: Callable[..., Any]) -> Callable[..., Any]:
+    """``stage_flow`` behind a check of the stage's inputs that runs before Prefect starts
+    (``netadapt_core.pipeline.check_inputs``, and the worker pool): a bad input is refused with one
+    line, before any measurement or training, instead of failing inside the flow run."""
+
+    @functools.wraps(stage_flow)
+    def run(params_path: str | None = "params.yaml", overrides: list[str] | None = None, **kwargs: Any) -> Any:
+        params = load_params(params_path, overrides)
+        check_inputs(stage, params, check=kwargs.get("check", False))
+        if stage in ("adapt", "all"):
+            check_runner(params.adapt)
+        return stage_flow(params_path, overrides, **kwargs)
+
+    return run
+
+
+# what ``netadapt STAGE`` runs: each stage's flow, its inputs checked first
 FLOWS = {
-    "data": data_flow,
-    "pretrain": pretrain_flow,
-    "lut": lut_flow,
-    "adapt": adapt_flow,
-    "finetune": finetune_flow,
-    "export": export_flow,
-    "report": report_flow,
-    "all": pipeline_flow,
+    stage: checked(stage, stage_flow)
+    for stage, stage_flow in {
+        "data": data_flow,
+        "pretrain": pretrain_flow,
+        "lut": lut_flow,
+        "adapt": adapt_flow,
+        "finetune": finetune_flow,
+        "export": export_flow,
+        "report": report_flow,
+        "all": pipeline_flow,
+    }.items()
 }
