@@ -479,8 +479,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     """Every problem of ``err`` on one line: its dotted key, what is wrong, the value given."""
     problems = []
     for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = problem["msg"]
+        where = ".".join(str(p) for p in problem["loc"] if p != "[key]") or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml for the known keys)"
         given = repr(problem.get("input"))
@@ -521,7 +521,8 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         tree = loaded or {}
     for assignment in overrides or []:
         _apply_override(tree, assignment)
-        source += f" + --set {assignment}"
+    if overrides:
+        source += f" + --set {overrides[0]}" if len(overrides) == 1 else f" + {len(overrides)} --set overrides"
     try:
         return Params.model_validate(tree)
     except ValidationError as err:

@@ -13,7 +13,7 @@ case "${1:-start}" in
       > "$PREFECT_HOME/server.log" 2>&1 &
     echo $! > "$pidfile"
     for _ in $(seq 120); do
-      if "$NETADAPT_ROOT/.venv/bin/python" - <<PY 2>/dev/null
+      if "$NETADAPT_PYTHON" - <<PY 2>/dev/null
 import urllib.request; urllib.request.urlopen("$PREFECT_API_URL/health", timeout=1)
 PY
       then echo "prefect server up at $PREFECT_UI_URL (log: $PREFECT_HOME/server.log)"; exit 0; fi

@@ -4,10 +4,10 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,8 @@ def test_deployment_run_on_local_server_and_worker(run_params, tmp_path):
     params = run_params("adapt.latency_source=lut", "adapt.budget_ratio=0.85", "adapt.initial_reduction_ratio=0.02")
     params_path = write_params(params, tmp_path / "params.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(NETADAPT_PREFECT_PORT=str(_free_port()), PREFECT_HOME=str(tmp_path / "prefect"))
+    env.update(NETADAPT_PREFECT_PORT=str(_free_port()), PREFECT_HOME=str(tmp_path / "prefect"),
+               NETADAPT_PYTHON=sys.executable)  # the environment running the tests, whichever it is
 
     def script(*args, timeout=240):
         return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -37,7 +38,7 @@ def test_deployment_run_on_local_server_and_worker(run_params, tmp_path):
         assert script("scripts/prefect_worker.sh", "start").returncode == 0
         api = f"http://127.0.0.1:{env['NETADAPT_PREFECT_PORT']}/api"
         run = subprocess.run(
-            [str(ROOT / ".venv/bin/prefect"), "deployment", "run", "netadapt-adapt/default",
+            [str(Path(sys.executable).parent / "prefect"), "deployment", "run", "netadapt-adapt/default",
              "--param", f"params_path={params_path}", "--watch", "--watch-timeout", "400"],
             cwd=ROOT, env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=450,
         )

@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_dvc_repro_reruns_only_what_changed_and_round_trips(tmp_path, data_root)
     params = load_params(repo / "params.yaml", overrides)
     (repo / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "NETADAPT_"))}
-    env["PATH"] = f"{ROOT / '.venv/bin'}:{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # dvc and netadapt of this environment
 
     def run(*args, check=True):
         done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
