@@ -72,7 +72,7 @@ def report_flow(params_path: str | None = "params.yaml", overrides: list[str] | 
     if tracker:
         r = params.report
         plots = sorted(Path(r.plots_dir).glob("*.png")) if Path(r.plots_dir).is_dir() else []
-        files = [Path(p) for p in (r.metrics, r.tradeoff, r.layers, r.lut_check, r.data, params.lut.path)]
+        files = [Path(p) for p in (r.metrics, r.tradeoff, r.layers, r.lut_check, r.data, r.html, params.lut.path)]
         tracker.log_reports(files + plots)
     return metrics
 

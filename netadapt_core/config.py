@@ -426,6 +426,7 @@ class ReportConfig(_Section):
     layers: str = "reports/layers.csv"
     data: str = "reports/data.json"
     plots_dir: str = "reports/plots"
+    html: str = Field("reports/report.html", description="one self-contained page: tables and figures inline")
 
 
 class Params(_Section):
@@ -457,7 +458,10 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {assignment!r}: {key!r} is not a section")
+            raise ConfigError(
+                f"override {assignment!r}: {key!r} is not a section (the settings give it the value {child!r}); "
+                f"fix the settings file: {key} must hold a mapping of keys, as in params.yaml"
+            )
         node = child
     try:
         node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None

@@ -5,6 +5,7 @@ these; each reads and writes files named in ``params.yaml`` and returns a small 
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import nn
 
 from .adapt import (
     STATE_FILE,
@@ -22,7 +23,6 @@ from .adapt import (
     RunState,
     architecture,
     check_pretrained,
-    check_reachable,
     make_context,
     measure_point,
     open_estimator,
@@ -40,16 +40,25 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Params
-from .data import DataBundle, TensorImages, check_data, load_data
+from .data import check_data, load_data
 from .errors import StageOrderError
 from .export import MANIFEST, finetuned_checkpoint
-from .lut import LatencyEstimator, LatencyLUT, LutError, build_lut, network_fingerprint, uniform_variant
+from .lut import (
+    LatencyEstimator,
+    LatencyLUT,
+    LutError,
+    build_lut,
+    channel_grid,
+    network_fingerprint,
+    uniform_variant,
+)
 from .models import check_network
 from .models.weights import WeightsError, load_weights
-from .platforms import make_platform
-from .resources import count_macs_params
+from . import report_html
+from .platforms import cpu_model, make_platform
+from .resources import count_macs_params, format_value
 from .schedule import budgets as resolve_budgets
-from .surgery import prunable_groups
+from .surgery import prunable_groups, prune_group
 from .training import evaluate, steps_for_epochs, train
 
 Log = Callable[[str], None]
@@ -182,40 +191,63 @@ def _check_iteration_records(records: list[Any]) -> None:
                 raise KeyError(f"{key} of an iteration record")
 
 
+def smallest_network(model: nn.Module, input_shape: tuple[int, ...], grid: dict[str, dict[str, int]],
+                     exclude: list[str]) -> nn.Module:
+    """A copy of ``model`` with every group it may prune at the narrowest width of the LUT grid."""
+    smallest = copy.deepcopy(model)
+    for group in prunable_groups(smallest, input_shape, exclude):
+        g = grid[group.id]
+        floor = channel_grid(g["original"], g["step"], g["min"])[-1]
+        if floor < group.channels:
+            prune_group(smallest, group.id, group.channels - floor, input_shape)
+    return smallest
+
+
 def check_budgets_reachable(params: Params, log: Log = print) -> None:
     """Refuse, before the start network is measured or anything trained, budgets that even the
-    smallest network the LUT grid allows misses (``adapt.check_reachable`` on the pretrained network).
+    smallest network the LUT grid allows misses (as ``adapt.check_reachable`` does once the start is
+    measured).
 
-    MACs and parameters are counted exactly. Latency judged by the LUT (``adapt.latency_source: lut``)
-    is exact too; latency judged by measurement is checked against the LUT's estimate of the start,
-    and refused here only if it is missed with a start ``PRECHECK_START_SHARE`` of that (the
-    adaptation checks again once it has measured the start). Layers of the smallest network the LUT
-    lacks are measured (``lut.measure_missing``) and kept in ``lut.on_demand_path`` for the run.
+    MACs and parameters are counted, exactly. A latency budget is judged on the LUT: the start's
+    estimate minus what the LUT says the smallest network saves. Judged by measurement
+    (``adapt.latency_source: measured``), it is refused here only if it is also missed from a start
+    ``PRECHECK_START_SHARE`` of the LUT's estimate (the machine may have drifted since the LUT was
+    built; the adaptation checks again once it has measured the start). Layers of the smallest
+    network the LUT lacks are measured for a latency budget, and kept in ``lut.on_demand_path`` when
+    the budgets pass.
     """
+    cfg = params.adapt
     model, arch, meta = load_checkpoint(params.pretrain.checkpoint)
     input_shape = tuple(meta["input_shape"])
     check_pretrained(params, arch, meta)
     estimator = open_estimator(params, arch, input_shape)
-    no_images = TensorImages(torch.empty(0, *input_shape), torch.empty(0, dtype=torch.int64))
-    data = DataBundle(no_images, no_images, no_images, arch.kwargs["num_classes"], input_shape[0], input_shape[-1])
-    ctx = Context(params, data, estimator, log)
-    counted = count_macs_params(model, input_shape)
-    start = {"latency": estimator.estimate_ms(model), **counted}
-    cautious = dict(start)
-    if params.adapt.latency_source == "measured":
-        cautious["latency"] = start["latency"] * PRECHECK_START_SHARE
-    measured_before = estimator.measured_on_demand
-    try:
-        check_reachable(ctx, model, resolve_budgets(cautious, params.adapt), cautious)
-    except BudgetUnreachableError:
-        try:  # the same budgets against the LUT's own estimate of the start, for the message
-            check_reachable(ctx, model, resolve_budgets(start, params.adapt), start)
-        except BudgetUnreachableError as exc:
-            raise BudgetUnreachableError(f"{exc} (checked on the LUT before measuring or training anything)") from None
-        raise
-    finally:
-        if estimator.measured_on_demand > measured_before:
-            estimator.save()
+    smallest = smallest_network(model, input_shape, estimator.lut.grid, cfg.exclude)
+    start: dict[str, float] = {"latency": estimator.estimate_ms(model), **count_macs_params(model, input_shape)}
+    floors: dict[str, float] = {"latency": start["latency"], **count_macs_params(smallest, input_shape)}
+    all_budgets = resolve_budgets(start, cfg)
+    saved_ms = 0.0
+    if any(b.resource == "latency" for b in all_budgets):
+        saved_ms = estimator.layer_sum_ms(model) - estimator.layer_sum_ms(smallest)
+        floors["latency"] = start["latency"] - saved_ms
+    share = PRECHECK_START_SHARE if cfg.latency_source == "measured" else 1.0
+    cautious = {**start, "latency": start["latency"] * share}
+    cautious_floors = {**floors, "latency": cautious["latency"] - saved_ms}
+    missed = [b for b, c in zip(all_budgets, resolve_budgets(cautious, cfg))
+              if not c.met(cautious_floors[c.resource])]
+    if missed:
+        what = "; ".join(
+            f"{b.describe()} (start {format_value(b.resource, start[b.resource])}, smallest network "
+            f"{format_value(b.resource, floors[b.resource])}{' by the LUT' if b.resource == 'latency' else ''})"
+            for b in missed
+        )
+        raise BudgetUnreachableError(
+            f"unreachable budget: with every layer at its minimum width (lut.min_channel_ratio="
+            f"{params.lut.min_channel_ratio}) the network still misses {what}. Fix: raise adapt.budget_ratio / "
+            "adapt.budget or the constraint, or lower lut.min_channel_ratio and rebuild the LUT "
+            "(checked before measuring or training anything)"
+        )
+    if estimator.measured_on_demand:
+        estimator.save()  # the adaptation reuses the layers measured here
 
 
 def run_data(params: Params, log: Log = print) -> dict[str, Any]:
@@ -513,9 +545,46 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
     write_csv(params.report.tradeoff, rows)
     layers = layer_widths(params, last["checkpoint"])
     write_csv(params.report.layers, layers)
-    write_plots(params, rows, layers)
+    plots = write_plots(params, rows, layers)
+    html_path = write_html_report(params, metrics, rows, layers, plots, state, pre_meta, finetuned)
     log(json.dumps(metrics, indent=2))
+    log(f"report: {html_path}")
     return metrics
+
+
+def write_html_report(params: Params, metrics: dict[str, Any], rows: list[dict[str, Any]],
+                      layers: list[dict[str, Any]], plots: list[Path], state: RunState,
+                      pre_meta: dict[str, Any], finetuned: dict[int, dict[str, Any]]) -> Path:
+    """``report.html``: the self-contained page (``report_html``)."""
+    check = Path(params.report.lut_check)
+    lut_rows = list(csv.DictReader(check.open())) if check.is_file() else []
+    lut_stats = {}
+    if Path(params.lut.path).is_file():
+        try:
+            lut_stats = LatencyLUT.load(params.lut.path).stats or {}
+        except LutError:
+            lut_stats = {}
+    timings = {
+        "pretrain (or weights import)": pre_meta.get("seconds", ""),
+        "LUT build": lut_stats.get("build_seconds", ""),
+        "adaptation (all iterations)": round(sum(r.get("seconds", 0.0) for r in state.iterations), 1),
+        "long-term fine-tuning": round(sum(r.get("finetune_seconds", 0.0) for r in finetuned.values()), 1),
+    }
+    setup = {
+        "model": params.model.name + (f" {params.model.kwargs}" if params.model.kwargs else ""),
+        "data": f"{params.data.dataset}, input {pre_meta.get('input_shape')}",
+        "platform": f"{params.platform.name}, batch {params.platform.batch_size}, {params.platform.threads} thread(s)",
+        "budget": f"{params.adapt.resource}: " + (f"{params.adapt.budget}" if params.adapt.budget is not None
+                                                   else f"{params.adapt.budget_ratio:.0%} of the start"),
+        "pick rule": params.adapt.pick, "short-term steps": params.adapt.short_term_steps,
+        "screening": params.adapt.screening, "long-term epochs": params.finetune.epochs,
+    }
+    names = {"tradeoff.png": "accuracy against measured latency", "layers.png": "filters per layer",
+             "lut_check.png": "LUT estimate against measurement"}
+    context = {"title": f"{params.model.name} on {params.data.dataset}", "created": report_html.created(),
+               "cpu": cpu_model(), "platform": params.platform.name, "timings": timings, "setup": setup}
+    page = report_html.render(metrics, rows, layers, lut_rows, {names.get(p.name, p.name): p for p in plots}, context)
+    return report_html.write(params.report.html, page)
 
 
 def layer_widths(params: Params, adapted_checkpoint: str) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ def tiny_overrides(root: Path, data_root: Path) -> list[str]:
         f"report.layers={out}/layers.csv",
         f"report.data={out}/data.json",
         f"report.plots_dir={out}/plots",
+        f"report.html={out}/report.html",
         f"tracking.uri=sqlite:///{out}/mlflow.db",
         "tracking.registered_model=netadapt-test",
     ]
@@ -106,7 +107,8 @@ def run_params(tmp_path, tiny_params, pretrained, tiny_lut):
                      f"export.out_dir={tmp_path}/export",
                      f"report.metrics={tmp_path}/metrics.json", f"report.tradeoff={tmp_path}/tradeoff.csv",
                      f"report.lut_check={tmp_path}/lut_check.csv", f"report.layers={tmp_path}/layers.csv",
-                     f"report.data={tmp_path}/data.json", f"report.plots_dir={tmp_path}/plots", *extra]
+                     f"report.data={tmp_path}/data.json", f"report.plots_dir={tmp_path}/plots",
+                     f"report.html={tmp_path}/report.html", *extra]
         return with_overrides(tiny_params, overrides)
 
     return make

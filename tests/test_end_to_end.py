@@ -33,6 +33,10 @@ def test_netadapt_all_on_real_data(tmp_path, data_root):
     assert len(rows) == metrics["iterations"] + 1 and rows[0]["iteration"] == "0"
     assert [float(r["measured_ms"]) for r in rows][-1] <= metrics["budget_ms"]
 
+    page = (out / "report.html").read_text()  # one self-contained page: nothing fetched from elsewhere
+    assert "Trade-off: one network per iteration" in page and page.count("data:image/png;base64,") >= 2
+    assert "src='http" not in page and "href=" not in page and f"{metrics['speedup_measured']:.2f}x" in page
+
     check = _netadapt(tmp_path, "lut", "--check", *sets)
     assert check.returncode == 0, check.stderr
     assert "median |error|" in check.stdout
