@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from . import report_html
 from .adapt import (
     STATE_FILE,
     BudgetUnreachableError,
@@ -54,7 +55,6 @@ from .lut import (
 )
 from .models import check_network
 from .models.weights import WeightsError, load_weights
-from . import report_html
 from .platforms import cpu_model, make_platform
 from .resources import count_macs_params, format_value
 from .schedule import budgets as resolve_budgets
