@@ -32,6 +32,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from . import faults
 from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, describe_data, load_data
 from .errors import NetAdaptError
@@ -316,7 +317,9 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
     steps = cfg.short_term_steps if steps is None else steps
     stats = train(model, data.train, cfg, steps, seed=plan.seed + 7919 * screening_round)
     accuracy = evaluate(model, data.holdout, threads=cfg.threads, device=cfg.train_device)
+    faults.point("proposal-trained")
     sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
+    faults.point("proposal-saved")
     result = ProposalResult(plan, out_path, accuracy, stats.seconds)
     atomic_write_json(Path(out_path).with_suffix(".json"),
                       {**result.to_dict(), "plan": asdict(plan), "key": key, "checkpoint_sha256": sha,

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from . import faults
 from .adapt import (
     JOURNAL_FILE,
     Context,
@@ -45,7 +46,7 @@ from .adapt import (
     rank_proposals,
     run_proposal,
 )
-from .checkpoint import file_sha256, load_checkpoint
+from .checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
 from .errors import ProposalsFailedError
 from .latency_model import LatencyPoint
 from .resources import Budget, format_value
@@ -205,6 +206,7 @@ class NetAdapt:
         step = self._plan_fresh()
         state.pending = step.to_dict(parent["checkpoint_sha256"]) if step.plans else None
         state.save(self.run_dir)
+        faults.point("plan-saved")
         return step
 
     def _plan_fresh(self) -> IterationPlan:
@@ -311,6 +313,7 @@ class NetAdapt:
         for candidate in rank_proposals(results, cfg.pick, parent["holdout_accuracy"], parent_ms):
             model, _, _ = load_checkpoint(candidate.checkpoint)
             point, slower = self._measure_pick(model, candidate.plan, parent)
+            faults.point("pick-measured")
             state.latency_points.append(LatencyPoint(
                 lut_ms=point["lut_ms"], measured_ms=point["measured_ms"], parent_lut_ms=parent["lut_ms"],
                 parent_measured_ms=parent["measured_ms"], predicted_ms=candidate.plan.estimated_ms).model_dump())
@@ -356,7 +359,8 @@ class NetAdapt:
         state, run_dir = self.state, self.run_dir
         iteration = step.iteration + 1
         final_ckpt = run_dir / f"iter_{iteration:03d}.pt"
-        Path(best.checkpoint).replace(final_ckpt)
+        atomic_write_bytes(final_ckpt, Path(best.checkpoint).read_bytes())  # a copy: until the state is
+        # saved, the proposal stays where a resumed run finds it
         record = {
             "iteration": iteration,
             "group": best.plan.group,
@@ -384,6 +388,7 @@ class NetAdapt:
         state.pending = None
         self.ctx.estimator.save()
         state.save(run_dir)
+        faults.point("iteration-saved")
         shutil.rmtree(run_dir / "proposals", ignore_errors=True)
         return record
 

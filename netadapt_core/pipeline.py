@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from . import report_html
+from . import faults, report_html
 from .adapt import (
     STATE_FILE,
     BudgetUnreachableError,
@@ -442,6 +442,7 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
         **measure_point(ctx, model, baseline),
     }
     path = out_dir / f"iter_{record['iteration']:03d}.pt"
+    faults.point("finetune-trained")
     save_checkpoint(path, model, arch, {**meta, "finetune": result})
     result["checkpoint"] = str(path)
     return result

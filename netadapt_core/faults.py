@@ -1,0 +1,36 @@
+"""Named points where a test can kill the process (``SIGKILL``: no cleanup, as a crash or an OOM
+kill would), to prove that a run resumes from any of them with nothing lost or half written.
+
+``NETADAPT_FAULT=NAME`` kills at the first pass through point NAME, ``NAME@K`` at the K-th. Unset
+(always, outside tests), a point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+POINTS = (
+    "plan-saved",          # an iteration's plan is saved, no proposal has run
+    "proposal-trained",    # a proposal has trained, nothing of it is saved
+    "proposal-saved",      # a proposal's checkpoint is saved, its record is not
+    "pick-measured",       # the pick is measured, the iteration is not committed
+    "iteration-saved",     # the iteration is committed (state saved), its hooks have not run
+    "checkpoint-write",    # a checkpoint's temporary file is written, not yet renamed into place
+    "file-write",          # any other file (state, records, LUT overlay) likewise
+    "finetune-trained",    # long-term fine-tuning is done, its checkpoint is not saved
+)
+_passes: Counter = Counter()
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("NETADAPT_FAULT")
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _passes[name] += 1
+    if _passes[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
