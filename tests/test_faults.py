@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import write_params
@@ -48,9 +49,9 @@ def _run(path, fault=None):
 
 def _outcome(params):
     run = params.adapt.run_dir
-    state = json.loads(open(f"{run}/state.json").read())
+    state = json.loads(Path(f"{run}/state.json").read_text())
     final = state["iterations"][-1]
-    results = json.loads(open(f"{params.finetune.out_dir}/results.json").read())
+    results = json.loads(Path(f"{params.finetune.out_dir}/results.json").read_text())
     return {"picks": [(r["group"], r["channels_after"]) for r in state["iterations"]], "status": state["status"],
             "channels": channel_spec(load_checkpoint(final["checkpoint"])[0]),
             "finetuned": [(r["iteration"], r["test_accuracy"]) for r in results]}
@@ -81,7 +82,7 @@ def test_killed_anywhere_the_resumed_run_equals_an_uninterrupted_one(fault, refe
     resumed = _run(path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _outcome(params) == reference
-    journal = [json.loads(line) for line in open(f"{params.adapt.run_dir}/{JOURNAL_FILE}")]
+    journal = [json.loads(line) for line in Path(f"{params.adapt.run_dir}/{JOURNAL_FILE}").read_text().splitlines()]
     runs = Counter((e["iteration"], e["group"], e.get("round", 0)) for e in journal)
     assert max(runs.values()) == 1, runs  # a proposal that had finished never ran again
     for checkpoint in (tmp_path / "run").glob("iter_*.pt"):
