@@ -31,7 +31,15 @@ def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
         else:
             macs += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    forward_with_hooks(model, input_shape, hook)
+    return {"macs": int(macs), "params": sum(p.numel() for p in model.parameters())}
+
+
+def forward_with_hooks(model: nn.Module, input_shape: tuple[int, ...], hook: Any,
+                       types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> None:
+    """One eval-mode forward pass of a zero image with ``hook`` (a forward hook) on every layer of
+    ``types``; the model's mode and hooks are restored after."""
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -40,7 +48,6 @@ def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return {"macs": int(macs), "params": sum(p.numel() for p in model.parameters())}
 
 
 def format_value(resource: str, value: float) -> str:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import NetAdaptError
+from ..resources import forward_with_hooks
 from .builtin import MODELS
 
 ENTRY_POINT_GROUP = "netadapt.models"
@@ -253,16 +254,7 @@ def output_layer(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     if known is not None:
         return model.get_submodule(known)
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    forward_with_hooks(model, input_shape, lambda mod, _i, _o: order.append(mod))
     if not order:
         raise ModelError("the network has no Conv2d or Linear layer; netadapt prunes their filters")
     name = next(n for n, m in model.named_modules() if m is order[-1])
