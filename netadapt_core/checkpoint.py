@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import faults
 from .errors import NetAdaptError, OutputError
 from .layers import apply_channel_spec, channel_spec
 from .models import build_model
@@ -138,6 +139,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("checkpoint-write" if path.suffix == ".pt" else "file-write")
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
