@@ -100,9 +100,9 @@ def checked(stage: str, stage_flow: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stage_flow)
     def run(params_path: str | None = "params.yaml", overrides: list[str] | None = None, **kwargs: Any) -> Any:
         params = load_params(params_path, overrides)
-        check_inputs(stage, params, check=kwargs.get("check", False))
         if stage in ("adapt", "all"):
             check_runner(params.adapt)
+        check_inputs(stage, params, check=kwargs.get("check", False))
         return stage_flow(params_path, overrides, **kwargs)
 
     return run

@@ -175,8 +175,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, Architecture, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged zip / pickle
+        detail = (str(exc).splitlines() or [""])[0]
+        detail = detail if len(detail) <= 80 else detail[:77] + "..."
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a netadapt checkpoint ({type(exc).__name__}: {exc}). "
+            f"checkpoint {path} is corrupt or not a netadapt checkpoint ({type(exc).__name__}: {detail}). "
             "Fix: re-run the stage that writes it, or restore it (e.g. `dvc checkout`)."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -487,9 +487,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see params.yaml for the known keys)"
-        given = repr(problem.get("input"))
-        given = given if len(given) <= 120 else given[:117] + "..."
-        problems.append(f"{where}: {message} (got {given})")
+        value = problem.get("input")
+        given = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+        # a whole section (a check across its keys) says itself what is wrong: no need to echo it
+        problems.append(f"{where}: {message}" + ("" if isinstance(value, dict) else f" (got {given})"))
     return f"invalid settings in {source}: " + "; ".join(problems)
 
 

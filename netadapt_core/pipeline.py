@@ -73,7 +73,7 @@ OUTPUTS: dict[str, list[tuple[str, bool]]] = {
     "finetune": [("finetune.out_dir", True)],
     "export": [("export.out_dir", True)],
     "report": [("report.metrics", False), ("report.tradeoff", False), ("report.layers", False),
-               ("report.plots_dir", True)],
+               ("report.html", False), ("report.plots_dir", True)],
 }
 # a latency budget judged by measurement is checked before measuring against a start this much faster
 # than the LUT's estimate of it (machines drift; a LUT tuned on one VM ran 15-28% off on another), so
@@ -119,11 +119,14 @@ def check_inputs(stage: str, params: Params, check: bool = False, log: Log = pri
             _check_outputs(params, OUTPUTS["export"])
         return
     _check_outputs(params, OUTPUTS.get(stage, []))
-    if stage in ("data", "pretrain", "adapt", "finetune"):
-        check_data(params.data)
     if stage == "pretrain":
-        _check_start_network(params)
-    elif stage == "lut":
+        if _pretrained_up_to_date(params, _pretrain_hash(params)[0], log=lambda _: None) is None:
+            check_data(params.data)
+            _check_start_network(params)  # else the stage has nothing to do
+        return
+    if stage in ("data", "adapt", "finetune"):
+        check_data(params.data)
+    if stage == "lut":
         architecture(params)
         make_platform(params.platform)
     elif stage == "adapt":
@@ -132,10 +135,11 @@ def check_inputs(stage: str, params: Params, check: bool = False, log: Log = pri
         check_budgets_reachable(params, log)
     elif stage == "finetune":
         state = load_run_state(params)
-        _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
-        check_pretrained(params, arch, meta)
-        open_estimator(params, arch, tuple(meta["input_shape"]))
-        _check_iteration_checkpoints(state.iterations if params.finetune.points == "all" else state.iterations[-1:])
+        if state.iterations:  # else the stage has nothing to fine-tune
+            _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
+            check_pretrained(params, arch, meta)
+            open_estimator(params, arch, tuple(meta["input_shape"]))
+            _check_iteration_checkpoints(state.iterations if params.finetune.points == "all" else state.iterations[-1:])
     elif stage == "report":
         state = load_run_state(params)
         load_checkpoint(params.pretrain.checkpoint)
@@ -264,25 +268,40 @@ def run_data(params: Params, log: Log = print) -> dict[str, Any]:
     return summary
 
 
+def _pretrain_hash(params: Params) -> tuple[str, str | None]:
+    """What the pretrained checkpoint depends on (settings, and the weights file's sha256), and that sha256."""
+    weights = params.model.weights
+    weights_sha256 = file_sha256(weights) if weights and Path(weights).is_file() else None
+    if weights and weights_sha256 is None:
+        raise WeightsError(f"weights file {weights} (model.weights) does not exist; fix the path")
+    return params.section_hash("data", "model", "pretrain") + (f"-{weights_sha256[:16]}" if weights else ""), weights_sha256
+
+
+def _pretrained_up_to_date(params: Params, config_hash: str, log: Log = print) -> dict[str, Any] | None:
+    """The meta of ``pretrain.checkpoint`` if it was made from these settings, else None (a damaged
+    file is simply made again)."""
+    path = Path(params.pretrain.checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        _, _, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        log(f"pretrain: {path} cannot be read ({exc}); making it again")
+        return None
+    return meta if meta.get("config_hash") == config_hash else None
+
+
 def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
     """Make the starting network: import ``model.weights``, or train from scratch. Skipped when the
     checkpoint was made from the same settings (and the same weights file)."""
     cfg = params.pretrain
     weights = params.model.weights
-    weights_sha256 = file_sha256(weights) if weights and Path(weights).is_file() else None
-    if weights and weights_sha256 is None:
-        raise WeightsError(f"weights file {weights} (model.weights) does not exist; fix the path")
-    config_hash = params.section_hash("data", "model", "pretrain") + (f"-{weights_sha256[:16]}" if weights else "")
+    config_hash, weights_sha256 = _pretrain_hash(params)
     path = Path(cfg.checkpoint)
-    if path.is_file():
-        try:
-            _, _, meta = load_checkpoint(path)
-        except CheckpointError as exc:  # a damaged file is simply re-made
-            log(f"pretrain: {path} cannot be read ({exc}); making it again")
-            meta = {}
-        if meta.get("config_hash") == config_hash:
-            log(f"pretrain: {path} is up to date (test accuracy {meta['test_accuracy']:.4f})")
-            return meta
+    meta = _pretrained_up_to_date(params, config_hash, log)
+    if meta is not None:
+        log(f"pretrain: {path} is up to date (test accuracy {meta['test_accuracy']:.4f})")
+        return meta
     arch, input_shape = architecture(params)
     model = arch.build()
     check_network(model, input_shape, arch.kwargs["num_classes"], arch.name)

@@ -94,11 +94,15 @@ def state_json(d: Path, text: str = '{"config_hash": "abc", "iterations": [') ->
     return []
 
 
-def image_folder(d: Path, classes: tuple[str, ...] = ("cat",), splits: tuple[str, ...] = ("train", "test")) -> Path:
+def image_folder(d: Path, splits: tuple[str, ...] = ("train", "test"), images: bool = False) -> Path:
+    """``d/images/<split>/cat/``, empty or with one real 8x8 PNG."""
+    from PIL import Image
+
     root = d / "images"
     for split in splits:
-        for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
+        (root / split / "cat").mkdir(parents=True, exist_ok=True)
+        if images:
+            Image.new("RGB", (8, 8), (120, 60, 30)).save(root / split / "cat" / "0.png")
     return root
 
 
@@ -144,7 +148,7 @@ CASES: dict[str, Bad] = {
                               lambda d, f: sets("data.dataset=imagefolder", f"data.image_folder={image_folder(d)}")),
     "image folder without test/": Bad("data", ("data.image_folder", "no test/ folder"),
                                       lambda d, f: sets("data.dataset=imagefolder",
-                                                        f"data.image_folder={image_folder(d, splits=('train',))}")),
+                                                        f"data.image_folder={image_folder(d, ('train',), True)}")),
     "missing data set, download false": Bad("pretrain", ("CIFAR-10", "data.download=true"),
                                             lambda d, f: sets("data.dataset=cifar10", f"data.root={d / 'none'}")),
     "missing Fashion-MNIST": Bad("data", ("Fashion-MNIST", "data.debian_dir", "apt-get install"),
@@ -175,7 +179,7 @@ CASES: dict[str, Bad] = {
     "truncated checkpoint": Bad("adapt", ("half.pt", "corrupt", "re-run the stage"),
                                 lambda d, f: sets(f"pretrain.checkpoint={half_of(f.pretrained, d / 'half.pt')}"),
                                 ready=True),
-    "no LUT before adapt": Bad("adapt", ("lut.json", "does not exist", "netadapt lut"),
+    "no LUT before adapt": Bad("adapt", ("none.json", "does not exist", "netadapt lut"),
                                lambda d, f: sets(f"lut.path={d / 'none.json'}"), ready=True),
     "corrupt LUT JSON": Bad("adapt", ("lut.json", "corrupt", "netadapt lut"),
                             lambda d, f: sets(f"lut.path={write(d / 'lut.json', CUT_LUT)}"),
@@ -275,8 +279,8 @@ def test_bad_input_is_refused_with_one_clean_line(name, tmp_path, files):
     assert len(lines) == 1 and lines[0].startswith(f"netadapt {bad.stage}: error: "), report
     for text in bad.says:
         assert text in lines[0], f"{text!r} not in the error line\n{report}"
-    # refused before any work: Prefect never started, nothing was measured, trained or written
-    assert not (tmp_path / ".prefect").exists(), report
+    # refused before any work: nothing measured, trained or written (no checkpoint, LUT, run state,
+    # nor Prefect's database: one line on stderr already says its server never started)
     assert _tree(tmp_path) == before, f"files written: {set(_tree(tmp_path)) ^ set(before)}\n{report}"
     assert seconds < REFUSAL_SECONDS, report
 
@@ -306,3 +310,28 @@ def test_multi_line_messages_become_one_line():
     message = str(err.value)
     assert "\n" not in message and "adapt.budget_ratio" in message and "lut.channel_step" in message
     assert str(ConfigError("first line\n  second line")) == "first line; second line"
+
+
+def test_good_inputs_pass_every_stage_check(run_params, tmp_path):
+    """The checks refuse only what is wrong: the session's good settings, pretrained network, LUT and
+    a well-formed run directory pass every stage's check (in-process: no Prefect, nothing trained)."""
+    from netadapt_core.adapt import STATE_FILE, RunState
+    from netadapt_core.checkpoint import atomic_write_json
+    from netadapt_core.pipeline import check_inputs, load_run_state
+
+    params = run_params()
+    for stage in ("data", "pretrain", "lut", "adapt", "all"):
+        check_inputs(stage, params, log=lambda _: None)
+    check_inputs("lut", params, check=True)
+    run_dir, tuned = Path(params.adapt.run_dir), Path(params.finetune.out_dir) / "iter_001.pt"
+    for path in (run_dir / "iter_000.pt", run_dir / "iter_001.pt", tuned):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(params.pretrain.checkpoint, path)
+    point = {"measured_ms": 1.0, "lut_ms": 1.0, "macs": 10, "params": 10, "holdout_accuracy": 0.5}
+    state = RunState("hash", "sha", {"iteration": 0, "checkpoint": str(run_dir / "iter_000.pt"), **point},
+                     [{"iteration": 1, "checkpoint": str(run_dir / "iter_001.pt"), **point}], status="done")
+    state.save(run_dir)
+    atomic_write_json(tuned.parent / "results.json", [{"iteration": 1, "checkpoint": str(tuned)}])
+    assert load_run_state(params).iterations == state.iterations and (run_dir / STATE_FILE).is_file()
+    for stage in ("finetune", "report", "export", "adapt"):
+        check_inputs(stage, params, log=lambda _: None)

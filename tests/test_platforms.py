@@ -108,10 +108,16 @@ def test_command_platform_errors(code, timeout, message):
         make_platform(cfg).measure_layer(nn.Conv2d(1, 4, 3), (1, 1, 8, 8))
 
 
-def test_command_that_cannot_start_names_it():
+def test_command_that_cannot_start_names_it(tmp_path):
+    """Refused when the platform is made, before any export or measurement."""
     cfg = platform_cfg("platform.name=command", "platform.command=[/nonexistent/bench, '{onnx}']")
-    with pytest.raises(PlatformError, match="could not start"):
-        make_platform(cfg).measure_layer(nn.Conv2d(1, 4, 3), (1, 1, 8, 8))
+    with pytest.raises(PlatformError, match="'/nonexistent/bench' does not exist"):
+        make_platform(cfg)
+    script = tmp_path / "bench.py"
+    script.write_text("print('latency_ms: 1')\n")  # not executable
+    cfg = platform_cfg("platform.name=command", f"platform.command=[{script}, '{{onnx}}']")
+    with pytest.raises(PlatformError, match="not executable.*chmod"):
+        make_platform(cfg)
 
 
 def test_latency_line_format():
@@ -185,6 +191,7 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     """Pretrain, ONNX Runtime LUT, adaptation stopped by ONNX Runtime's measurement; then an
     independent interleaved ORT measurement of the final network against the start agrees."""
     from conftest import tiny_overrides
+
     from flows.adapt import adapt_flow
     from netadapt_core.adapt import RunState
     from netadapt_core.checkpoint import load_checkpoint
