@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from netadapt_core.adapt import STATE_FILE, check_pretrained, open_estimator
-from netadapt_core.checkpoint import load_checkpoint
+from netadapt_core.checkpoint import load_checkpoint, read_run_state
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError, StageOrderError
 from netadapt_core.export import finetuned_checkpoint
@@ -59,6 +58,9 @@ def preflight(stage: str, params: Params) -> None:
     for name, value in [d for s, found in devices.items() if stage in (s, "all") for d in found]:
         resolve_device(value, name)  # a GPU this machine lacks: refused before any work
     if stage == "adapt":
+        if not Path(params.pretrain.checkpoint).is_file():
+            raise StageOrderError(f"pretrained checkpoint {params.pretrain.checkpoint} (pretrain.checkpoint) does not "
+                                  "exist; run `netadapt pretrain` first (or `netadapt all`)")
         _, arch, meta = load_checkpoint(params.pretrain.checkpoint)
         check_pretrained(params, arch, meta)
         open_estimator(params, arch, tuple(meta["input_shape"]))
@@ -88,7 +90,7 @@ def unmet_budget(params: Params) -> str | None:
     path = Path(params.adapt.run_dir) / STATE_FILE
     if not path.is_file():
         return None
-    state = json.loads(path.read_text())
+    state = read_run_state(path)
     if state.get("status") in ("unmet", "max_iterations"):
         return state.get("reason") or state["status"]
     return None

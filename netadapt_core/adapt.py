@@ -24,15 +24,18 @@ from typing import Any
 
 from torch import nn
 
+from . import faults
 from .checkpoint import (
     Architecture,
+    RunStateError,
     atomic_write_bytes,
     atomic_write_json,
     file_sha256,
     load_checkpoint,
+    read_run_state,
+    run_state_error,
     save_checkpoint,
 )
-from . import faults
 from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, describe_data, load_data
 from .errors import NetAdaptError
@@ -486,7 +489,12 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     pretrained_sha = file_sha256(params.pretrain.checkpoint)
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
-        old = RunState(**json.loads(state_path.read_text()))
+        try:
+            old = RunState(**read_run_state(state_path))
+        except (RunStateError, TypeError) as exc:
+            if not params.adapt.fresh:
+                raise exc if isinstance(exc, RunStateError) else run_state_error(state_path, exc) from None
+            old = RunState("damaged", "", {})  # adapt.fresh: moved aside below like any other run
         same = old.config_hash == config_hash and old.pretrained_sha256 == pretrained_sha
         if same and not params.adapt.fresh:
             ctx.log(f"resuming {run_dir}: {len(old.iterations)} iteration(s) done")
@@ -529,31 +537,43 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     return run_dir, state
 
 
-def check_reachable(ctx: Context, model: nn.Module, all_budgets: list[Budget], start: dict[str, float]) -> None:
-    """Fail before any training if even the smallest network the grid allows misses a budget."""
+def smallest_network(model: nn.Module, input_shape: tuple[int, ...], grid: dict[str, dict[str, int]],
+                     exclude: list[str]) -> nn.Module:
+    """A copy of ``model`` with every group it may prune at the narrowest width of the LUT grid."""
     smallest = copy.deepcopy(model)
-    for group in prunable_groups(smallest, ctx.input_shape, ctx.params.adapt.exclude):
-        g = ctx.estimator.lut.grid[group.id]
+    for group in prunable_groups(smallest, input_shape, exclude):
+        g = grid[group.id]
         floor = channel_grid(g["original"], g["step"], g["min"])[-1]
         if floor < group.channels:
-            prune_group(smallest, group.id, group.channels - floor, ctx.input_shape)
+            prune_group(smallest, group.id, group.channels - floor, input_shape)
+    return smallest
+
+
+def unreachable_error(missed: list[Budget], start: dict[str, float], floors: dict[str, float],
+                      min_channel_ratio: float, when: str = "") -> BudgetUnreachableError:
+    """The error for budgets that even the smallest network misses, naming each and the fix."""
+    what = "; ".join(
+        f"{b.describe()} (start {format_value(b.resource, start[b.resource])}, smallest network "
+        f"{format_value(b.resource, floors[b.resource])}{' by the LUT' if b.resource == 'latency' else ''})"
+        for b in missed
+    )
+    return BudgetUnreachableError(
+        f"unreachable budget: with every layer at its minimum width (lut.min_channel_ratio={min_channel_ratio}) "
+        f"the network still misses {what}. Fix: raise adapt.budget_ratio / adapt.budget or the constraint, or "
+        f"lower lut.min_channel_ratio and rebuild the LUT{when}"
+    )
+
+
+def check_reachable(ctx: Context, model: nn.Module, all_budgets: list[Budget], start: dict[str, float]) -> None:
+    """Fail before any training if even the smallest network the grid allows misses a budget."""
+    smallest = smallest_network(model, ctx.input_shape, ctx.estimator.lut.grid, ctx.params.adapt.exclude)
     floors = {
         "latency": start["latency"] - (ctx.estimator.layer_sum_ms(model) - ctx.estimator.layer_sum_ms(smallest)),
         **count_macs_params(smallest, ctx.input_shape),
     }
     missed = [b for b in all_budgets if not b.met(floors[b.resource])]
     if missed:
-        what = "; ".join(
-            f"{b.describe()} (start {format_value(b.resource, start[b.resource])}, smallest network "
-            f"{format_value(b.resource, floors[b.resource])}{' by the LUT' if b.resource == 'latency' else ''})"
-            for b in missed
-        )
-        raise BudgetUnreachableError(
-            f"unreachable budget: with every layer at its minimum width (lut.min_channel_ratio="
-            f"{ctx.params.lut.min_channel_ratio}) the network still misses {what}. Fix: raise "
-            "adapt.budget_ratio / adapt.budget or the constraint, or lower lut.min_channel_ratio and "
-            "rebuild the LUT."
-        )
+        raise unreachable_error(missed, start, floors, ctx.params.lut.min_channel_ratio)
 
 
 def proposal_path(run_dir: Path, plan: ProposalPlan) -> Path:

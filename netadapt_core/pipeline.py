@@ -5,7 +5,6 @@ these; each reads and writes files named in ``params.yaml`` and returns a small 
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -14,12 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from . import faults, report_html
 from .adapt import (
     STATE_FILE,
-    BudgetUnreachableError,
     Context,
     RunState,
     architecture,
@@ -27,6 +23,8 @@ from .adapt import (
     make_context,
     measure_point,
     open_estimator,
+    smallest_network,
+    unreachable_error,
 )
 from .checkpoint import (
     CheckpointError,
@@ -49,16 +47,15 @@ from .lut import (
     LatencyLUT,
     LutError,
     build_lut,
-    channel_grid,
     network_fingerprint,
     uniform_variant,
 )
 from .models import check_network
 from .models.weights import WeightsError, load_weights
 from .platforms import cpu_model, make_platform
-from .resources import count_macs_params, format_value
+from .resources import count_macs_params
 from .schedule import budgets as resolve_budgets
-from .surgery import prunable_groups, prune_group
+from .surgery import prunable_groups
 from .training import evaluate, steps_for_epochs, train
 
 Log = Callable[[str], None]
@@ -195,18 +192,6 @@ def _check_iteration_records(records: list[Any]) -> None:
                 raise KeyError(f"{key} of an iteration record")
 
 
-def smallest_network(model: nn.Module, input_shape: tuple[int, ...], grid: dict[str, dict[str, int]],
-                     exclude: list[str]) -> nn.Module:
-    """A copy of ``model`` with every group it may prune at the narrowest width of the LUT grid."""
-    smallest = copy.deepcopy(model)
-    for group in prunable_groups(smallest, input_shape, exclude):
-        g = grid[group.id]
-        floor = channel_grid(g["original"], g["step"], g["min"])[-1]
-        if floor < group.channels:
-            prune_group(smallest, group.id, group.channels - floor, input_shape)
-    return smallest
-
-
 def check_budgets_reachable(params: Params, log: Log = print) -> None:
     """Refuse, before the start network is measured or anything trained, budgets that even the
     smallest network the LUT grid allows misses (as ``adapt.check_reachable`` does once the start is
@@ -239,17 +224,8 @@ def check_budgets_reachable(params: Params, log: Log = print) -> None:
     missed = [b for b, c in zip(all_budgets, resolve_budgets(cautious, cfg))
               if not c.met(cautious_floors[c.resource])]
     if missed:
-        what = "; ".join(
-            f"{b.describe()} (start {format_value(b.resource, start[b.resource])}, smallest network "
-            f"{format_value(b.resource, floors[b.resource])}{' by the LUT' if b.resource == 'latency' else ''})"
-            for b in missed
-        )
-        raise BudgetUnreachableError(
-            f"unreachable budget: with every layer at its minimum width (lut.min_channel_ratio="
-            f"{params.lut.min_channel_ratio}) the network still misses {what}. Fix: raise adapt.budget_ratio / "
-            "adapt.budget or the constraint, or lower lut.min_channel_ratio and rebuild the LUT "
-            "(checked before measuring or training anything)"
-        )
+        raise unreachable_error(missed, start, floors, params.lut.min_channel_ratio,
+                                " (checked before measuring or training anything)")
     if estimator.measured_on_demand:
         estimator.save()  # the adaptation reuses the layers measured here
 

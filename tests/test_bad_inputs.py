@@ -238,7 +238,7 @@ CASES: dict[str, Bad] = {
     "export before adapt": Bad("export", ("no adaptation", "netadapt adapt", "netadapt finetune"), ready=True),
     "lut --check before lut": Bad("lut", ("lut.json", "does not exist", "netadapt lut"),
                                   lambda d, f: ["--check"]),
-    "adapt before pretrain": Bad("adapt", ("pretrained.pt", "does not exist", "run the stage"),
+    "adapt before pretrain": Bad("adapt", ("pretrained.pt", "does not exist", "run `netadapt pretrain` first"),
                                  lambda d, f: sets(f"lut.path={f.lut}")),
 }
 
