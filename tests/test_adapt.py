@@ -190,3 +190,21 @@ def test_unreachable_secondary_budget_fails_before_training(run_params, run_flow
     with pytest.raises(BudgetUnreachableError, match=r"params <= 10 parameters \(start [0-9]+ parameters, smallest network [0-9]+ parameters\)"):
         run_flow(adapt_flow, params)
     assert not Path(params.adapt.run_dir).exists()
+
+
+def test_a_damaged_run_is_refused_and_fresh_moves_it_aside(run_params, tmp_path):
+    from netadapt_core.adapt import open_run
+    from netadapt_core.checkpoint import RunStateError
+
+    params = run_params("adapt.latency_source=lut")
+    run_dir = Path(params.adapt.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text("{ not json")
+    ctx = make_context(params, log=lambda _: None)
+    with pytest.raises(RunStateError, match="state.json is damaged.*Fix: restore it"):
+        open_run(ctx)
+    fresh = make_context(run_params("adapt.latency_source=lut", "adapt.fresh=true"), log=lambda _: None)
+    new_dir, state = open_run(fresh)
+    assert new_dir == run_dir and state.iterations == [] and (run_dir / "state.json").is_file()
+    kept = [p for p in run_dir.parent.iterdir() if p.name.startswith("run.old-")]
+    assert len(kept) == 1 and (kept[0] / "state.json").read_text() == "{ not json"  # nothing deleted
