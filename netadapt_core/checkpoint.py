@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,19 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
+def state_versions(state: dict) -> dict[str, dict]:
+    """The per-module metadata PyTorch keeps beside a state dict (``_metadata``: versions)."""
+    return {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()}
+
+
+def with_versions(state: dict, versions: dict[str, dict] | None) -> dict:
+    """``state`` as an OrderedDict carrying ``versions`` as its ``_metadata``, as ``load_state_dict`` expects."""
+    state = OrderedDict(state)
+    if versions:
+        state._metadata = OrderedDict(versions)  # type: ignore[attr-defined]
+    return state
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, arch: Architecture, meta: dict | None = None) -> str:
     """Write ``model`` atomically; returns the file's sha256."""
     path = Path(path)
@@ -159,6 +173,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: Architecture, meta
         "arch": arch.to_dict(),
         "channels": channel_spec(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # the modules' state-dict versions (e.g. torchvision's MNASNet refuses weights without them)
+        "state_versions_json": json.dumps(state_versions(model.state_dict())),
         "meta_json": json.dumps(meta or {}, sort_keys=True),
     }
     buffer = io.BytesIO()
@@ -193,7 +209,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, Architecture, dict]:
         ) from None
     try:
         model = apply_channel_spec(arch.build(), payload["channels"])
-        model.load_state_dict(payload["state_dict"], strict=True)
+        versions = json.loads(payload.get("state_versions_json", "null"))  # older checkpoints: none
+        if versions is None:
+            versions = state_versions(model.state_dict())  # the same code's own versions
+        model.load_state_dict(with_versions(payload["state_dict"], versions), strict=True)
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         if isinstance(exc, NetAdaptError):  # e.g. the model's package is not installed here
             raise

@@ -224,9 +224,11 @@ def check_surgery(model: nn.Module, input_shape: tuple[int, ...], exclude: Itera
         if after.shape != before.shape:
             raise SurgeryError(_surgery_message(info, f"the output shape changes {tuple(before.shape)} -> "
                                                       f"{tuple(after.shape)}"))
-        if silenced and not torch.allclose(before, after, atol=atol, rtol=1e-3):
-            diff = (before - after).abs().max().item()
-            raise SurgeryError(_surgery_message(info, f"removing silenced channels changes the output by {diff:.3g}"))
+        diff = (before - after).abs().max().item()
+        scale = before.abs().max().item()  # float sums in another order differ in proportion to the output
+        if silenced and not diff <= atol + 1e-3 * scale:
+            raise SurgeryError(_surgery_message(
+                info, f"removing silenced channels changes the output by {diff:.3g} (outputs up to {scale:.3g})"))
         report[group_id] = "function" if silenced else "shape"
     return report
 

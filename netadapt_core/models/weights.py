@@ -78,4 +78,8 @@ def load_weights(model: nn.Module, path: str | Path, label: str = "") -> None:
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise WeightsError(f"weights file {path}: tensor {key} holds NaN or infinite values")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    from ..checkpoint import state_versions, with_versions  # late: checkpoint imports the models package
+
+    # a state dict from a file has no module versions: take the network's own (same code)
+    model.load_state_dict(with_versions({k: v.to(own[k].dtype) for k, v in state.items()}, state_versions(own)),
+                          strict=True)
