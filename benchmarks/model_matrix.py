@@ -66,7 +66,7 @@ def settings(name: str, out: Path, data_root: Path, size: int) -> Params:
         "data.holdout_size=64", f"model.name={name}",
         "pretrain.epochs=0.5", "pretrain.batch_size=32", "pretrain.lr=0.02", f"pretrain.checkpoint={out}/pre.pt",
         "platform.warmup=1", "platform.repeats=3", "platform.min_sample_ms=0.05", "platform.network_repeats=5",
-        f"lut.path={out}/lut.json", f"lut.on_demand_path={out}/lut_od.json", "lut.channel_step=16",
+        f"lut.path={out}/lut.json", f"lut.on_demand_path={out}/lut_od.json", "lut.channel_step=8",
         "lut.min_channel_ratio=0.5", "lut.remeasure_rounds=0",
         f"adapt.run_dir={out}/run", "adapt.budget_ratio=0.95", "adapt.initial_reduction_ratio=0.05",
         "adapt.max_iterations=1", "adapt.short_term_steps=1", "adapt.batch_size=8", "adapt.verify=none",

@@ -129,6 +129,10 @@ def _call(label: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
     except TypeError as exc:
         raise ModelError(f"model {label}: its builder refused the arguments {sorted(kwargs)}: {exc}. "
                          "Fix: correct model.kwargs") from None
+    except Exception as exc:  # noqa: BLE001 - a builder may reject the input size or arguments any way
+        raise ModelError(f"model {label}: its builder failed with {sorted(kwargs)} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Fix: model.kwargs, or a "
+                         "data.image_size the network supports") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {label}: the builder returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -167,6 +171,10 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int |
             except TypeError as exc:
                 if "img_size" not in str(exc):
                     raise ModelError(f"model {name}: timm refused model.kwargs: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - e.g. an input size the model cannot take
+                raise ModelError(f"model {name}: timm failed to build it for {image_size} px images "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+                                 "Fix: model.kwargs, or a data.image_size the network supports") from None
         return fit_io(_call(name, lambda **kw: timm.create_model(builder, pretrained=False, **kw), args),
                       in_channels, num_classes, name)
     check_model_name(name)
