@@ -36,7 +36,7 @@ from netadapt_core.adapt import make_context, measure_point, open_run
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError
-from netadapt_core.export import export_network, sample_images
+from netadapt_core.export import ExportError, ExportMismatchError, export_network, sample_images
 from netadapt_core.layers import UnsupportedLayerError
 from netadapt_core.loop import NetAdapt
 from netadapt_core.models import ModelError, check_network
@@ -110,10 +110,20 @@ def try_network(name: str, data_root: Path, log=lambda _: None) -> dict:
                        adapted_ms=round(final["measured_raw_ms"], 3),
                        macs_ratio=round(final["macs"] / start["macs"], 3))
             row["step"] = "export"
-            manifest = export_network(final_model, final_arch,
-                                      sample_images(params, 4), params.export, log=log)
-            row["export_max_diff"] = max(f["max_abs_diff"] for f in manifest["files"].values()
-                                         if "max_abs_diff" in f)
+            samples, diffs, refused = sample_images(params, 4), [], {}
+            for fmt in params.export.formats:  # each format on its own: one the exporter lacks is named
+                cfg = params.export.model_copy(update={"formats": [fmt], "out_dir": f"{out}/export_{fmt}"})
+                try:
+                    manifest = export_network(final_model, final_arch, samples, cfg, log=log)
+                except ExportMismatchError:
+                    raise  # a file that does not reproduce PyTorch is a failure, not a refusal
+                except ExportError as exc:
+                    refused[fmt] = str(exc).splitlines()[0][:200]
+                    continue
+                diffs += [f["max_abs_diff"] for f in manifest["files"].values() if "max_abs_diff" in f]
+            if not diffs:
+                raise ExportError(f"no export format worked: {refused}")
+            row["export_max_diff"], row["export_refused"] = max(diffs), refused
             row["status"], row["step"] = "adapted", "done"
         except REFUSALS as exc:
             row["status"], row["reason"] = "refused", str(exc).splitlines()[0][:300]
@@ -166,7 +176,8 @@ def format_row(row: dict) -> str:
     latency = f"{row['start_ms']:.3f} -> {row['adapted_ms']:.3f} ms" if "adapted_ms" in row else ""
     return (f"{row['network']:40s} {row['status']:8s} {row.get('seconds', 0):7.1f}s groups "
             f"{row.get('groups', '-')} ({row.get('groups_exact', '-')} exact, {row.get('groups_skipped', '-')} "
-            f"skipped) {latency} {row.get('reason', '')[:160]}")
+            f"skipped) {latency} {row.get('reason', '')[:160]}"
+            + (f" export refused: {', '.join(row['export_refused'])}" if row.get("export_refused") else ""))
 
 
 if __name__ == "__main__":
