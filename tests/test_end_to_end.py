@@ -55,7 +55,7 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, data_root):
     bad = _netadapt(tmp_path, "lut", "--set", "lut.channel_step=0")
     assert bad.returncode == 2 and "lut.channel_step" in bad.stderr
     verbose = _netadapt(tmp_path, "adapt", "-v", *sets)  # -v: the same error with its traceback
-    assert verbose.returncode == 2 and "Traceback" in verbose.stderr and "CheckpointError" in verbose.stderr
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr and "StageOrderError" in verbose.stderr
 
 
 def test_unmet_budget_still_fine_tunes_and_reports_then_exits_3(tmp_path, tiny_params, pretrained, tiny_lut):
