@@ -96,7 +96,7 @@ def test_checkpoint_roundtrip_of_a_pruned_network(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, arch, {"note": "x"})
     payload = torch.load(path, weights_only=True)  # plain tensors and strings: no pickled modules
-    assert set(payload) == {"format", "arch", "channels", "state_dict", "meta_json"}
+    assert set(payload) == {"format", "arch", "channels", "state_dict", "state_versions_json", "meta_json"}
     loaded, loaded_arch, meta = load_checkpoint(path)
     assert meta == {"note": "x"} and loaded_arch.name == "mobilenet_v2"
     assert channel_spec(loaded) == channel_spec(model)

@@ -21,6 +21,7 @@ the network runs on the configured input and returns one logit per class.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from functools import cache
 from importlib.metadata import entry_points
@@ -95,6 +96,9 @@ def check_model_name(name: str) -> str:
             f"model {name!r}: timm has no model {builder!r}"
             + (f"; similar: {', '.join(close)}" if close else "; see timm.list_models()")
         )
+    if source == "entry_point" and builder not in model_entry_points():
+        importlib.invalidate_caches()  # a package installed since the first look (this process)
+        model_entry_points.cache_clear()
     if source == "entry_point" and builder not in model_entry_points():
         plugins = ", ".join(sorted(model_entry_points())) or "none installed"
         raise ModelError(
