@@ -70,6 +70,7 @@ def settings(name: str, out: Path, data_root: Path, size: int) -> Params:
         "lut.min_channel_ratio=0.5", "lut.remeasure_rounds=0",
         f"adapt.run_dir={out}/run", "adapt.budget_ratio=0.95", "adapt.initial_reduction_ratio=0.05",
         "adapt.max_iterations=1", "adapt.short_term_steps=1", "adapt.batch_size=8", "adapt.verify=none",
+        "adapt.latency_source=lut",  # the iteration by the LUT (deterministic); the check after measures
         "adapt.min_proposal_share=0.0", f"export.out_dir={out}/export", "export.samples=4",
         "tracking.enabled=false",
     ])
