@@ -52,7 +52,8 @@ STATE_FILE = "state.json"
 # the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
 EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
                       "on_changed_settings"}
-PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance"}
+PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance",
+                     "channels_last"}
 
 
 class BudgetUnreachableError(NetAdaptError, RuntimeError):
@@ -319,7 +320,8 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
         model, arch, _ = load_checkpoint(resume_from)
     steps = cfg.short_term_steps if steps is None else steps
     stats = train(model, data.train, cfg, steps, seed=plan.seed + 7919 * screening_round)
-    accuracy = evaluate(model, data.holdout, threads=cfg.threads, device=cfg.train_device)
+    accuracy = evaluate(model, data.holdout, threads=cfg.threads, device=cfg.train_device,
+                        channels_last=cfg.channels_last)
     faults.point("proposal-trained")
     sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
     faults.point("proposal-saved")
@@ -522,7 +524,8 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     baseline = {
         "iteration": 0,
         "checkpoint": str(baseline_ckpt),
-        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads),
+        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads,
+                                     channels_last=params.adapt.channels_last),
         **measure_point(ctx, model),
     }
     probe = RunState(config_hash, pretrained_sha, baseline)

@@ -146,10 +146,13 @@ class TrainConfig(_Section):
     weight_decay: float = Field(4e-5, ge=0)
     threads: int = Field(2, ge=1, description="torch threads while training")
     seed: int = 0
+    channels_last: bool = Field(
+        True, description="train and evaluate in the channels-last memory format (oneDNN's faster CPU "
+                          "kernels: 1.6x for MobileNetV1 on an AMD EPYC); checkpoints stay contiguous")
 
 
 class PretrainConfig(TrainConfig):
-    epochs: float = Field(1.0, gt=0, description="may be fractional: 0.5 is half an epoch")
+    epochs: float = Field(0.5, gt=0, description="may be fractional: 0.5 is half an epoch")
     lr: float = Field(0.1, gt=0)
     checkpoint: str = "artifacts/pretrained.pt"
     device: str = _device_field()
@@ -175,7 +178,7 @@ class PlatformConfig(_Section):
     min_sample_ms: float = Field(
         0.5, gt=0, description="each sample loops the layer until it lasts this long (timer noise)"
     )
-    network_repeats: int = Field(61, ge=3, description="timed samples for a whole network")
+    network_repeats: int = Field(31, ge=3, description="timed samples for a whole network")
     device: str = Field("cuda:0", pattern=r"^cuda(:\d+)?$", description="torch-cuda: the GPU, e.g. cuda:1")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnxruntime-cpu: ONNX Runtime's graph optimisation level"
@@ -325,7 +328,7 @@ class AdaptConfig(TrainConfig):
         "whose predicted latency is within the model's uncertainty of the target, or none; a candidate "
         "measured over the target loses more filters (up to verify_max_extra_steps grid steps)",
     )
-    verify_repeats: int = Field(15, ge=3, description="timed samples of a candidate check (interleaved with its parent)")
+    verify_repeats: int = Field(7, ge=3, description="timed samples of a candidate check (interleaved with its parent)")
     verify_max_extra_steps: int = Field(2, ge=0, description="grid steps a candidate may lose after a failed check")
     slower_tolerance: float = Field(
         0.01, ge=0, lt=1,
@@ -374,7 +377,7 @@ class AdaptConfig(TrainConfig):
 
 
 class FinetuneConfig(TrainConfig):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(0.5, gt=0, description="may be fractional")
     lr: float = Field(0.02, gt=0)
     device: str = _device_field()
 

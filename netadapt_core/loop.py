@@ -49,6 +49,7 @@ from .adapt import (
 from .checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
 from .errors import ProposalsFailedError
 from .latency_model import LatencyPoint
+from .platforms import measure_relative
 from .resources import Budget, format_value
 from .schedule import reduction
 from .surgery import PrunableGroup, prunable_groups
@@ -264,36 +265,43 @@ class NetAdapt:
     def _verify(self, parent_model: nn.Module, groups: dict[str, PrunableGroup], plans: list[ProposalPlan],
                 target: float, parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
         """Measure candidates before training (``adapt.verify``: all, or under ``auto`` those whose
-        prediction lies within the model's uncertainty of the target), interleaved with the parent;
-        one measured over the target loses more filters, a grid step at a time."""
+        prediction lies within the model's uncertainty of the target); one measured over the target
+        loses more filters, a grid step at a time.
+
+        The candidates of a round are timed together, interleaved with the parent
+        (``measure_relative``): the parent is timed once per round instead of once per
+        candidate, and every candidate sees the same drift of the machine as its reference."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.verify == "none":
             return plans
         model = self.state.latency_model(cfg)
         margin = max(2 * model.relative_error(), 0.01) * parent_ms
         parent_lut_ms = ctx.estimator.estimate_ms(parent_model)
-        checked = []
-        for plan in plans:
+        checked: list[ProposalPlan] = list(plans)
+        # index in ``checked`` -> (grid options, position of the width now tried)
+        todo: dict[int, tuple[list[int], int]] = {}
+        for k, plan in enumerate(plans):
             if cfg.verify == "auto" and target - plan.estimated_ms >= margin:
-                checked.append(plan)
                 continue
             options = group_options(ctx, groups[plan.group])
-            estimate = estimates[plan.group]
-            index = options.index(plan.channels_after)
-            for extra in range(cfg.verify_max_extra_steps + 1):
-                channels = options[index + extra]
-                variant = estimate.variant(channels)
-                own, ref = ctx.platform.measure_networks([variant, parent_model], ctx.input_shape,
-                                                         repeats=cfg.verify_repeats)
+            todo[k] = (options, options.index(plan.channels_after))
+        for extra in range(cfg.verify_max_extra_steps + 1):
+            if not todo:
+                break
+            ks = list(todo)
+            variants = [estimates[checked[k].group].variant(todo[k][0][todo[k][1]]) for k in ks]
+            pairs = measure_relative(ctx.platform, variants, parent_model, ctx.input_shape, cfg.verify_repeats)
+            for k, variant, (own, ref) in zip(ks, variants, pairs):
+                options, index = todo.pop(k)
                 measured = own.median_ms / ref.median_ms * parent_ms
-                candidate = estimate.plan(plan.iteration, channels, plan.seed)
+                candidate = estimates[checked[k].group].plan(checked[k].iteration, options[index], checked[k].seed)
                 self.state.latency_points.append(LatencyPoint(
-                    lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured, parent_lut_ms=parent_lut_ms,
-                    parent_measured_ms=parent_ms, predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
-                plan = replace(candidate, verified_ms=measured)
-                if measured <= target or index + extra + 1 >= len(options):
-                    break
-            checked.append(plan)
+                    lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured,
+                    parent_lut_ms=parent_lut_ms, parent_measured_ms=parent_ms,
+                    predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
+                checked[k] = replace(candidate, verified_ms=measured)
+                if measured > target and index + 1 < len(options):
+                    todo[k] = (options, index + 1)  # over the target: one grid step narrower
         verified = [p for p in checked if p.verified_ms is not None]
         if verified:
             ctx.log(f"iteration {plans[0].iteration + 1}: measured {len(verified)} candidate(s) for the target "

@@ -15,6 +15,7 @@ pruning that group alone (a grid with ``lut.channel_step`` spacing down to
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import random
@@ -32,7 +33,8 @@ from .checkpoint import Architecture, atomic_write_json
 from .config import LutConfig
 from .errors import NetAdaptError
 from .layers import layer_kind, leaf_modules, resized, signature
-from .surgery import prunable_groups, prune_group
+from .platforms import measure_relative
+from .surgery import dependency_graph, prunable_groups, prune_group
 
 LUT_FORMAT = "netadapt-lut/1"
 OVERLAY_FORMAT = "netadapt-lut-on-demand/1"
@@ -276,7 +278,7 @@ def _non_monotonic(lut: LatencyLUT, series: dict[Any, list[tuple[int, str]]], to
     suspects: set[str] = set()
     for points in series.values():
         points = sorted(points)
-        for (_, small), (_, large) in zip(points, points[1:]):
+        for (_, small), (_, large) in itertools.pairwise(points):
             if small == large:
                 continue
             if lut.entries[large]["ms"] < lut.entries[small]["ms"] * (1 - tolerance):
@@ -319,10 +321,11 @@ def build_lut(
     estimator.fill(base_uses)
     for group in groups:
         variant = copy.deepcopy(model)
+        graph = dependency_graph(variant, input_shape)  # traced once, pruned step by step
         current = group.channels
         for channels in channel_grid(group.channels, cfg.channel_step, grid[group.id]["min"]):
             if channels < current:
-                prune_group(variant, group.id, current - channels, input_shape)
+                prune_group(variant, group.id, current - channels, input_shape, graph=graph)
                 current = channels
             uses = estimator.uses(variant)
             estimator.fill(uses)
@@ -345,7 +348,7 @@ def build_lut(
             module, shape = _fresh_layer(remeasure[sig], templates)
             lut.record(sig, platform.measure_layer(module, shape))
         suspects = _non_monotonic(lut, series, cfg.monotonic_tolerance)
-    pairs = sum(max(len(set(s for _, s in p)) - 1, 0) for p in series.values())
+    pairs = sum(max(len({s for _, s in p}) - 1, 0) for p in series.values())
     network_ms, fit = _calibrate(lut, estimator, model, input_shape, platform, cfg, log)
     lut.environment = platform.environment()
     lut.stats = {
@@ -404,9 +407,8 @@ def _calibrate(lut: LatencyLUT, estimator: LatencyEstimator, model: nn.Module, i
     # the start alone, as it runs when deployed; the fastest of two passes (noise only adds time)
     start_ms = min(platform.measure_network(model, input_shape).median_ms for _ in range(2))
     measured = [start_ms]
-    for variant in variants:
-        own, ref = platform.measure_networks([variant, model], input_shape)
-        measured.append(own.median_ms / ref.median_ms * start_ms)
+    measured += [own.median_ms / ref.median_ms * start_ms
+                 for own, ref in measure_relative(platform, variants, model, input_shape)]
     n = len(sums)
     mean_s, mean_m = sum(sums) / n, sum(measured) / n
     var = sum((s - mean_s) ** 2 for s in sums)

@@ -52,7 +52,7 @@ from .lut import (
 )
 from .models import check_network
 from .models.weights import WeightsError, load_weights
-from .platforms import cpu_model, make_platform
+from .platforms import cpu_model, make_platform, measure_relative
 from .resources import count_macs_params
 from .schedule import budgets as resolve_budgets
 from .surgery import prunable_groups
@@ -294,8 +294,8 @@ def run_pretrain(params: Params, log: Log = print) -> dict[str, Any]:
     meta = {
         "config_hash": config_hash,
         "input_shape": list(input_shape),
-        "test_accuracy": evaluate(model, data.test, threads=cfg.threads, device=cfg.device),
-        "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads, device=cfg.device),
+        "test_accuracy": evaluate(model, data.test, threads=cfg.threads, device=cfg.device, channels_last=cfg.channels_last),
+        "holdout_accuracy": evaluate(model, data.holdout, threads=cfg.threads, device=cfg.device, channels_last=cfg.channels_last),
         **source,
         **count_macs_params(model, input_shape),
     }
@@ -351,9 +351,9 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
             networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
     at_build = lut.stats.get("network_ms")
     rows = []
-    for name, model in networks:
+    pairs = measure_relative(platform, [model.eval() for _, model in networks], start, input_shape)
+    for (name, model), (own, ref) in zip(networks, pairs):
         lut_ms = estimator.estimate_ms(model)
-        own, ref = platform.measure_networks([model.eval(), start], input_shape)
         measured = own.median_ms / ref.median_ms * at_build if at_build else own.median_ms
         rows.append({"network": name, "lut_ms": round(lut_ms, 4), "measured_ms": round(measured, 4),
                      "rel_error": round((lut_ms - measured) / measured, 4),
@@ -430,8 +430,10 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
     stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True, log=ctx.log)
     result = {
         "iteration": record["iteration"],
-        "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads, device=cfg.device),
-        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads, device=cfg.device),
+        "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads, device=cfg.device,
+                                  channels_last=cfg.channels_last),
+        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads, device=cfg.device,
+                                     channels_last=cfg.channels_last),
         "finetune_steps": steps,
         "finetune_seconds": round(stats.seconds, 1),
         **measure_point(ctx, model, baseline),

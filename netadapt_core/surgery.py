@@ -106,6 +106,11 @@ class _Graph:
         return dict(sorted(found.items(), key=lambda kv: self.order[kv[0]]))
 
 
+def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> _Graph:
+    """The traced dependency graph of ``model``, to prune it several times (``prune_group(graph=...)``)."""
+    return _Graph(model, input_shape)
+
+
 def prunable_groups(model: nn.Module, input_shape: tuple[int, ...], exclude: Iterable[str] = ()) -> list[PrunableGroup]:
     """Every prunable group of ``model`` (input ``input_shape`` = C, H, W), in module order."""
     return [info for info, _ in _Graph(model, input_shape, exclude).groups().values()]
@@ -125,14 +130,20 @@ def prune_group(
     input_shape: tuple[int, ...],
     importance: str = "l2_norm",
     channels: list[int] | None = None,
+    graph: _Graph | None = None,
 ) -> list[int]:
     """Remove, in place, the ``n_remove`` least important filters of group ``group_id`` (or exactly
     the group's ``channels``, if given).
 
     Returns the removed channel indices (of the group's current channels). Every coupled layer is
-    fixed; a forward pass then checks the network still runs and keeps its output shape.
+    fixed; a forward pass then checks the network still runs and keeps its output shape. ``graph``
+    (``dependency_graph(model, ...)``) saves tracing the network again when one model is pruned
+    repeatedly: the graph stays valid through pruning.
     """
-    graph = _Graph(model, input_shape)
+    if graph is None:
+        graph = _Graph(model, input_shape)
+    elif graph.model is not model:
+        raise ValueError("the dependency graph given to prune_group was traced on another model")
     groups = graph.groups()
     if group_id not in groups:
         raise KeyError(f"no prunable group {group_id!r}; groups: {', '.join(groups)}")

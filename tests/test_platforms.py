@@ -216,3 +216,52 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     again = [platform.measure_networks([final.eval(), start.eval()], SHAPE) for _ in range(3)]
     ratio = sorted(f.median_ms / s.median_ms for f, s in again)[1]
     assert ratio <= 0.7 * 1.1, f"ONNX Runtime re-measured the adapted network at {ratio:.2f}x the start"
+
+
+class _Recorder:
+    """A platform that records each interleaved session and times a network by its parameter count."""
+
+    def __init__(self) -> None:
+        self.sessions: list[list[nn.Module]] = []
+
+    def measure_networks(self, models, input_shape, repeats=None):
+        from netadapt_core.platforms import Measurement
+
+        self.sessions.append(list(models))
+        return [Measurement(float(sum(p.numel() for p in m.parameters())), 0.0, repeats or 3) for m in models]
+
+
+def test_measure_relative_times_batches_of_networks_with_one_reference_each():
+    """Candidates are timed several at a time interleaved with one reference: 10 networks in
+    batches of 4 are 3 sessions (4 + 4 + 2, each ending with the reference), results in order."""
+    from netadapt_core.platforms import measure_relative
+
+    platform = _Recorder()
+    reference = nn.Linear(10, 10)
+    models = [nn.Linear(10, k) for k in range(1, 11)]
+    pairs = measure_relative(platform, models, reference, SHAPE, repeats=5, batch=4)
+    assert [len(s) for s in platform.sessions] == [5, 5, 3]
+    assert all(s[-1] is reference for s in platform.sessions)
+    assert [own.median_ms for own, _ in pairs] == [11.0 * k for k in range(1, 11)]
+    assert all(ref.median_ms == 110.0 and own.samples == 5 for own, ref in pairs)
+
+
+def test_interleaved_batch_on_the_cpu_orders_networks_by_size(tiny):
+    """On the real CPU: the tiny CNN at full, half and quarter width timed in one session with the
+    full network as reference; each ratio is the one measured alone within noise, and ordered."""
+    from netadapt_core.platforms import measure_relative
+
+    platform = make_platform(platform_cfg())
+    narrow = [uniform_variant(tiny, SHAPE, _grid(tiny, 0.125), r) for r in (0.5, 0.25)]
+    pairs = measure_relative(platform, [tiny, *narrow], tiny, SHAPE, repeats=9)
+    ratios = [own.median_ms / ref.median_ms for own, ref in pairs]
+    assert ratios[0] == pytest.approx(1.0, rel=0.25)
+    assert ratios[0] > ratios[1] > ratios[2]
+
+
+def _grid(model, ratio):
+    from netadapt_core.lut import min_channels
+    from netadapt_core.surgery import prunable_groups
+
+    return {g.id: {"original": g.channels, "min": min_channels(g.channels, ratio), "step": 8}
+            for g in prunable_groups(model, SHAPE)}

@@ -159,3 +159,25 @@ def test_deepcopy_prune_leaves_parent_untouched():
     variant = copy.deepcopy(model)
     prune_group(variant, "features.3.3", 16, SHAPE)
     assert channel_spec(model) == spec and channel_spec(variant) != spec
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_one_traced_graph_prunes_a_model_step_by_step_like_fresh_graphs(name):
+    """The LUT builder traces each variant once and prunes it a grid step at a time: the result is
+    the same network, filter for filter, as tracing again before every step."""
+    from netadapt_core.surgery import dependency_graph
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, width_mult=0.5).eval()
+    group = max(prunable_groups(model, SHAPE), key=lambda g: g.channels)
+    reused, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    graph = dependency_graph(reused, SHAPE)
+    for _ in range(3):
+        removed_reused = prune_group(reused, group.id, 8, SHAPE, graph=graph)
+        removed_fresh = prune_group(fresh, group.id, 8, SHAPE)
+        assert removed_reused == removed_fresh
+    assert channel_spec(reused) == channel_spec(fresh)
+    for (key, a), b in zip(reused.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), key
+    with pytest.raises(ValueError, match="another model"):
+        prune_group(model, group.id, 8, SHAPE, graph=graph)
