@@ -99,7 +99,7 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
 
     try:
         with make_task_runner(cfg) as runner:
-            task = make_proposal.with_options(retries=cfg.proposal_retries)
+            task = make_proposal.with_options(retries=cfg.proposal_retries, timeout_seconds=cfg.proposal_timeout_s)
             NetAdapt(ctx, run_dir, state).run(_map_on(runner, task, params.model_dump_json()), on_iteration)
     except (KeyboardInterrupt, ExternalSignal):  # Ctrl-C, SIGTERM (the CLI's KeyboardInterrupt, Prefect's signal)
         if tracker:

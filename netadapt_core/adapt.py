@@ -40,7 +40,7 @@ from .config import AdaptConfig, ConfigError, Params
 from .data import DataBundle, describe_data, load_data
 from .errors import NetAdaptError
 from .latency_model import LatencyModel, LatencyPoint
-from .lut import LatencyEstimator, LatencyLUT, channel_grid, network_fingerprint
+from .lut import LatencyEstimator, LatencyLUT, WidthTemplate, channel_grid, network_fingerprint
 from .models.sources import factory_defaults, split_name
 from .platforms import make_platform
 from .resources import Budget, count_macs_params, format_value
@@ -51,7 +51,8 @@ from .training import evaluate, train
 STATE_FILE = "state.json"
 # the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
 EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
-                      "on_changed_settings"}
+                      "proposal_timeout_s", "on_changed_settings"}
+START_PASSES = 3  # the start network, every budget's reference, is timed alone this often (fastest kept)
 PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance",
                      "channels_last"}
 
@@ -173,13 +174,16 @@ class GroupEstimates:
     difference, MACs and parameters counted."""
 
     def __init__(self, ctx: Context, parent: nn.Module, group: str, channels: int, anchor_ms: float,
-                 resource: str, latency_model: LatencyModel | None = None) -> None:
+                 resource: str, latency_model: LatencyModel | None = None,
+                 parent_signatures: list[str] | None = None) -> None:
         self.ctx, self.parent, self.group, self.channels = ctx, parent, group, channels
         self.anchor_ms, self.resource = anchor_ms, resource
         self.latency_model = latency_model
+        self.parent_signatures = parent_signatures or [u.signature for u in ctx.estimator.uses(parent)]
         self.parent_sum = ctx.estimator.layer_sum_ms(parent)
         self.cache: dict[tuple[int, str], float] = {}
         self.variants: dict[int, nn.Module] = {}
+        self.template: WidthTemplate | None | bool = False  # False: not made yet; None: cannot be made
 
     def variant(self, channels: int) -> nn.Module:
         if channels not in self.variants:
@@ -187,24 +191,51 @@ class GroupEstimates:
             prune_group(self.variants[channels], self.group, self.channels - channels, self.ctx.input_shape)
         return self.variants[channels]
 
+    def _template(self, channels: int) -> WidthTemplate | None:
+        """The group's ``WidthTemplate``, made from the first variant built (``channels``)."""
+        if self.template is False:
+            probe = [u.signature for u in self.ctx.estimator.uses(self.variant(channels))]
+            self.template = WidthTemplate.make(self.parent_signatures, probe, self.channels, channels)
+        return self.template
+
+    def layer_sum_ms(self, channels: int) -> float:
+        """The variant's LUT layer sum; by the template while the table has its entries (a search
+        over the grid builds a few networks per group, not one per width it tries)."""
+        template = self._template(channels)
+        if template is not None and channels not in self.variants:
+            found = self.ctx.estimator.signature_sum_ms(template.signatures(channels))
+            if found is not None:
+                return found
+        return self.ctx.estimator.layer_sum_ms(self.variant(channels))
+
     def __call__(self, channels: int, what: str | None = None) -> float:
         what = what or self.resource
         if (channels, what) not in self.cache:
-            variant = self.variant(channels)
             if what == "latency":
-                child_sum = self.ctx.estimator.layer_sum_ms(variant)
+                child_sum = self.layer_sum_ms(channels)
                 if self.latency_model is None:
                     self.cache[channels, what] = self.anchor_ms + child_sum - self.parent_sum
                 else:
                     self.cache[channels, what] = self.latency_model.predict(self.anchor_ms, self.parent_sum,
                                                                             child_sum)
             else:
+                variant = self.variant(channels)
                 self.cache.update({(channels, k): v for k, v in count_macs_params(variant, self.ctx.input_shape).items()})
         return self.cache[channels, what]
 
     def plan(self, iteration: int, channels: int, seed: int) -> ProposalPlan:
+        macs, params = int(self(channels, "macs")), int(self(channels, "params"))  # builds the variant
+        if self.template is not None and self.template is not False:
+            built = self.ctx.estimator.layer_sum_ms(self.variants[channels])
+            by_template = self.ctx.estimator.signature_sum_ms(self.template.signatures(channels))
+            if by_template is not None and abs(built - by_template) > 1e-9 * max(1.0, built):
+                # the template misread this network: from now on build every width of this group
+                self.ctx.log(f"{self.group}: width template off ({by_template:.4f} vs {built:.4f} ms); "
+                             "building every variant of this group")
+                self.template = None
+                self.cache = {k: v for k, v in self.cache.items() if k[1] != "latency"}
         return ProposalPlan(iteration, self.group, self.channels, channels, self(channels, "latency"), seed,
-                            self.resource, int(self(channels, "macs")), int(self(channels, "params")))
+                            self.resource, macs, params)
 
 
 def group_options(ctx: Context, group) -> list[int]:
@@ -231,13 +262,16 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dic
     """
     plans = []
     estimates = {} if estimates is None else estimates
+    parent_signatures: list[str] | None = None
     for index, group in enumerate(prunable_groups(parent, ctx.input_shape, ctx.params.adapt.exclude)):
         options = group_options(ctx, group)
         if not options:
             continue
         if group.id not in estimates:
+            if parent_signatures is None:
+                parent_signatures = [u.signature for u in ctx.estimator.uses(parent)]
             estimates[group.id] = GroupEstimates(ctx, parent, group.id, group.channels, current["latency"], resource,
-                                                 latency_model)
+                                                 latency_model, parent_signatures)
         estimate = estimates[group.id]
         if target is None:
             channels = options[0]
@@ -366,8 +400,10 @@ def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, 
     return rank_proposals(results, rule, parent_accuracy, parent_ms)[0]
 
 
-def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None) -> dict[str, float]:
-    """Direct and LUT latency, MACs and parameters of one network.
+def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None,
+                  passes: int = 1) -> dict[str, float]:
+    """Direct and LUT latency, MACs and parameters of one network (alone: the fastest of ``passes``
+    measurements, as noise only adds time).
 
     With ``reference`` (a baseline record), the network is timed interleaved with the baseline
     network and ``measured_ms`` is the measured ratio times the baseline's recorded latency: drift
@@ -375,7 +411,8 @@ def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | No
     is checked reliably.
     """
     if reference is None:
-        measured = {"measured_ms": ctx.platform.measure_network(model, ctx.input_shape).median_ms}
+        measured = {"measured_ms": min(ctx.platform.measure_network(model, ctx.input_shape).median_ms
+                                       for _ in range(passes))}
     else:
         baseline, _, _ = load_checkpoint(reference["checkpoint"])
         own, ref = ctx.platform.measure_networks([model, baseline], ctx.input_shape)
@@ -526,7 +563,7 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
         "checkpoint": str(baseline_ckpt),
         "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads,
                                      channels_last=params.adapt.channels_last),
-        **measure_point(ctx, model),
+        **measure_point(ctx, model, passes=START_PASSES),
     }
     probe = RunState(config_hash, pretrained_sha, baseline)
     check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))

@@ -344,6 +344,10 @@ class AdaptConfig(TrainConfig):
         None, description="runner dask: address of an existing scheduler (None: a local cluster)"
     )
     proposal_retries: int = Field(1, ge=0, description="retries of a failed proposal before it is skipped")
+    proposal_timeout_s: float | None = Field(
+        None, gt=0, description="a proposal running longer fails (retried, then skipped); null: no limit. With "
+                                "runner threads it stops at the next Python step (a hang inside one native "
+                                "call is not interrupted there: use runner processes)")
     on_changed_settings: Literal["refuse", "restart"] = Field(
         "refuse", description="run_dir holds a run with other settings: refuse, or move it aside and restart"
     )

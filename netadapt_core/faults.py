@@ -1,14 +1,16 @@
 """Named points where a test can kill the process (``SIGKILL``: no cleanup, as a crash or an OOM
 kill would), to prove that a run resumes from any of them with nothing lost or half written.
 
-``NETADAPT_FAULT=NAME`` kills at the first pass through point NAME, ``NAME@K`` at the K-th. Unset
-(always, outside tests), a point costs one dictionary lookup.
+``NETADAPT_FAULT=NAME`` kills at the first pass through point NAME, ``NAME@K`` at the K-th;
+``NETADAPT_HANG`` (same form) hangs there instead, as a stuck worker would. Unset (always, outside
+tests), a point costs two dictionary lookups.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 POINTS = (
@@ -24,13 +26,20 @@ POINTS = (
 _passes: Counter = Counter()
 
 
-def point(name: str) -> None:
-    spec = os.environ.get("NETADAPT_FAULT")
+def _due(variable: str, name: str) -> bool:
+    spec = os.environ.get(variable)
     if not spec:
-        return
+        return False
     target, _, nth = spec.partition("@")
     if target != name:
-        return
-    _passes[name] += 1
-    if _passes[name] == int(nth or 1):
+        return False
+    _passes[variable, name] += 1
+    return _passes[variable, name] == int(nth or 1)
+
+
+def point(name: str) -> None:
+    if _due("NETADAPT_FAULT", name):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _due("NETADAPT_HANG", name):  # a hung worker: never returns, in small interruptible sleeps
+        while True:
+            time.sleep(0.05)

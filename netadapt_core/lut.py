@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -101,6 +102,49 @@ def uniform_variant(model, input_shape, grid: dict[str, dict[str, int]], ratio: 
         if want < group.channels:
             prune_group(variant, group.id, group.channels - want, input_shape)
     return variant
+
+
+_NUMBER = re.compile(r"(\d+)")
+
+
+class WidthTemplate:
+    """The layer signatures of a network with one group cut to any width, without building it.
+
+    Made from the parent's signatures (group at ``channels``) and a probe's (the same group cut to
+    ``probe_channels``): every number that differs between the two is a multiple ``k`` of the
+    group's width (output channels, input channels, depthwise groups, flattened features) and is
+    rewritten as ``k * width``. Anything else (a layer appears or vanishes, a number that is not such
+    a multiple) makes no template (``make`` returns None): the caller then builds the network.
+    """
+
+    def __init__(self, parts: list[list[str | tuple[int]]]) -> None:
+        self.parts = parts
+
+    @classmethod
+    def make(cls, parent: list[str], probe: list[str], channels: int, probe_channels: int) -> WidthTemplate | None:
+        if len(parent) != len(probe) or channels == probe_channels:
+            return None
+        parts: list[list[str | tuple[int]]] = []
+        for old, new in zip(parent, probe):
+            if old == new:
+                parts.append([old])
+                continue
+            a, b = _NUMBER.split(old), _NUMBER.split(new)
+            if len(a) != len(b):
+                return None
+            row: list[str | tuple[int]] = []
+            for i, (x, y) in enumerate(zip(a, b)):
+                if x == y:
+                    row.append(x)
+                elif i % 2 == 1 and int(x) % channels == 0 and int(y) == int(x) // channels * probe_channels:
+                    row.append((int(x) // channels,))
+                else:
+                    return None
+            parts.append(row)
+        return cls(parts)
+
+    def signatures(self, width: int) -> list[str]:
+        return ["".join(p if isinstance(p, str) else str(p[0] * width) for p in row) for row in self.parts]
 
 
 class LatencyLUT:
@@ -260,6 +304,14 @@ class LatencyEstimator:
         uses = self.uses(model)
         self.fill(uses)
         return self.lut.scale * self.lut.layer_sum_ms(uses)
+
+    def signature_sum_ms(self, signatures: list[str]) -> float | None:
+        """``layer_sum_ms`` of a network given by its layer signatures; None when the table lacks
+        one (measuring it needs the layer: build the network instead)."""
+        entries = self.lut.entries
+        if any(sig not in entries for sig in signatures):
+            return None
+        return self.lut.scale * sum(entries[sig]["ms"] for sig in signatures)
 
     def estimate_ms(self, model: nn.Module) -> float:
         if self.lut.rest_ms is None:

@@ -40,8 +40,13 @@ def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
     model, _, _ = load_checkpoint(params.pretrain.checkpoint)
     current = ctx.estimator.estimate_ms(model)
     target = current - 0.03
-    plans = plan_proposals(ctx, model, 0, {"latency": current, **count_macs_params(model, ctx.input_shape)}, target)
+    estimates = {}
+    plans = plan_proposals(ctx, model, 0, {"latency": current, **count_macs_params(model, ctx.input_shape)}, target,
+                           estimates=estimates)
     assert plans, "some group of the tiny CNN must be able to remove 0.03 ms"
+    # the bisection reads widths from each group's template: a probe and the plan's network are built
+    assert all(e.template for e in estimates.values())
+    assert all(len(e.variants) <= 2 for e in estimates.values())
     base = ctx.estimator.layer_sum_ms(model)
 
     def estimate(group, channels):

@@ -88,6 +88,26 @@ def test_failing_proposal_is_retried_then_skipped(run_params, run_flow, monkeypa
     assert "head.0" not in {p["group"] for p in record["proposals"]} and record["proposals"]
 
 
+def test_a_hung_proposal_times_out_and_the_iteration_goes_on(run_params, run_flow, monkeypatch):
+    """``adapt.proposal_timeout_s``: the first proposal to finish training hangs (as a stuck worker
+    would, ``NETADAPT_HANG``); it fails after the timeout, is not retried (retries 0), and the
+    iteration picks among the others instead of waiting for ever."""
+    from netadapt_core import faults
+
+    monkeypatch.setenv("NETADAPT_HANG", "proposal-trained@1")
+    monkeypatch.setattr(faults, "_passes", Counter())
+    params = run_params(*DETERMINISTIC, "adapt.max_iterations=1", "adapt.proposal_retries=0",
+                        "adapt.proposal_timeout_s=4")
+    started = time.monotonic()
+    run_flow(adapt_flow, params)
+    record = _state(params)["iterations"][0]
+    planned = len(record["proposals"]) + 1
+    assert planned >= 2 and record["group"] in {p["group"] for p in record["proposals"]}
+    assert time.monotonic() - started < 120
+    hung = [e for e in _journal(params) if e["iteration"] == 0]
+    assert len(hung) == planned - 1  # the hung proposal never finished
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_iteration(run_params, run_flow, tmp_path):
     """Kill the CLI while proposals of iteration 2 are running; the rerun finishes with the same

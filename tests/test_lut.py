@@ -161,3 +161,55 @@ def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
     assert rank_correlation([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("mobilenet_v1", {"width_mult": 0.5}, (1, 28, 28)),
+    ("mobilenet_v2", {"width_mult": 0.5}, (1, 28, 28)),
+    ("torchvision:resnet18", {}, (1, 32, 32)),
+    ("tiny_cnn", {}, (1, 28, 28)),
+])
+def test_width_template_gives_the_signatures_of_the_built_network(name, kwargs, shape):
+    """Planning reads a group's latency at any width from a template made of two networks (the
+    parent and one probe width); for every group and several widths the template's signatures are
+    exactly those of the network pruned to that width, so the LUT sums agree."""
+    import copy
+
+    from netadapt_core.lut import WidthTemplate, layer_uses
+    from netadapt_core.surgery import prunable_groups, prune_group
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, **kwargs).eval()
+
+    def signatures(net):
+        return [u.signature for u in layer_uses(net, shape, 1)]
+
+    def pruned(group, width):
+        net = copy.deepcopy(model)
+        prune_group(net, group.id, group.channels - width, shape)
+        return net
+
+    parent = signatures(model)
+    groups = prunable_groups(model, shape)
+    assert groups
+    for group in groups:
+        widths = sorted({max(1, group.channels * k // 8) for k in (1, 3, 5, 7)} - {group.channels})
+        template = WidthTemplate.make(parent, signatures(pruned(group, widths[0])), group.channels, widths[0])
+        assert template is not None, group.id
+        for width in widths[1:]:
+            assert template.signatures(width) == signatures(pruned(group, width)), (group.id, width)
+
+
+def test_width_template_refuses_what_it_cannot_read():
+    """A number that changes but is no multiple of the width, or a layer list that changes length,
+    makes no template (the planner then builds each network)."""
+    from netadapt_core.lut import WidthTemplate
+
+    parent = ["Conv2d(1, 64, kernel_size=(3, 3))@1x1x28x28", "Linear(in_features=64, out_features=10)@1x64"]
+    probe = ["Conv2d(1, 56, kernel_size=(3, 3))@1x1x28x28", "Linear(in_features=56, out_features=10)@1x56"]
+    template = WidthTemplate.make(parent, probe, 64, 56)
+    assert template.signatures(32) == ["Conv2d(1, 32, kernel_size=(3, 3))@1x1x28x28",
+                                       "Linear(in_features=32, out_features=10)@1x32"]
+    assert WidthTemplate.make(parent, probe[:1], 64, 56) is None
+    odd = ["Conv2d(1, 56, kernel_size=(3, 3))@1x1x28x28", "Linear(in_features=17, out_features=10)@1x56"]
+    assert WidthTemplate.make(parent, odd, 64, 56) is None
