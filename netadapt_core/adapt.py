@@ -403,7 +403,7 @@ def pick_best(results: list[ProposalResult], rule: str, parent_accuracy: float, 
 def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None,
                   passes: int = 1) -> dict[str, float]:
     """Direct and LUT latency, MACs and parameters of one network (alone: the fastest of ``passes``
-    measurements, as noise only adds time).
+    measurements, as noise only adds time; against ``reference``: the median of ``passes`` sessions).
 
     With ``reference`` (a baseline record), the network is timed interleaved with the baseline
     network and ``measured_ms`` is the measured ratio times the baseline's recorded latency: drift
@@ -415,11 +415,13 @@ def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | No
                                        for _ in range(passes))}
     else:
         baseline, _, _ = load_checkpoint(reference["checkpoint"])
-        own, ref = ctx.platform.measure_networks([model, baseline], ctx.input_shape)
+        sessions = sorted((own.median_ms / ref.median_ms, own.median_ms, ref.median_ms) for own, ref in
+                          (ctx.platform.measure_networks([model, baseline], ctx.input_shape) for _ in range(passes)))
+        ratio, own_ms, ref_ms = sessions[len(sessions) // 2]  # the median session: one disturbed is outvoted
         measured = {
-            "measured_ms": own.median_ms / ref.median_ms * reference["measured_ms"],
-            "measured_raw_ms": own.median_ms,
-            "reference_raw_ms": ref.median_ms,
+            "measured_ms": ratio * reference["measured_ms"],
+            "measured_raw_ms": own_ms,
+            "reference_raw_ms": ref_ms,
         }
     return {**measured, "lut_ms": ctx.estimator.estimate_ms(model), **count_macs_params(model, ctx.input_shape)}
 

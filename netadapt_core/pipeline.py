@@ -326,6 +326,9 @@ def run_lut(params: Params, log: Log = print) -> dict[str, Any]:
     return lut.stats
 
 
+CHECK_REFERENCE_DRIFT = 0.10  # a check session whose start ran this far off the typical is timed again
+
+
 def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     """Compare LUT estimates with direct measurements on several networks; writes a CSV.
 
@@ -351,7 +354,18 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
             networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
     at_build = lut.stats.get("network_ms")
     rows = []
-    pairs = measure_relative(platform, [model.eval() for _, model in networks], start, input_shape)
+    models = [model.eval() for _, model in networks]
+    pairs = measure_relative(platform, models, start, input_shape)
+    # a session whose reference ran far slower than the fastest session's was disturbed (one ONNX
+    # Runtime session read the start 43% slow while the network beside it ran normally; noise only
+    # adds time): time those networks again
+    fastest = min(ref.median_ms for _, ref in pairs)
+    off = [i for i, (_, ref) in enumerate(pairs) if ref.median_ms > fastest * (1 + CHECK_REFERENCE_DRIFT)]
+    if off:
+        log(f"  lut check: the start ran {max(pairs[i][1].median_ms for i in off) / fastest - 1:.0%} slower than "
+            f"its fastest session beside {len(off)} network(s); timing them again")
+        for i, pair in zip(off, measure_relative(platform, [models[i] for i in off], start, input_shape)):
+            pairs[i] = pair
     for (name, model), (own, ref) in zip(networks, pairs):
         lut_ms = estimator.estimate_ms(model)
         measured = own.median_ms / ref.median_ms * at_build if at_build else own.median_ms
@@ -436,7 +450,7 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
                                      channels_last=cfg.channels_last),
         "finetune_steps": steps,
         "finetune_seconds": round(stats.seconds, 1),
-        **measure_point(ctx, model, baseline),
+        **measure_point(ctx, model, baseline, passes=3),
     }
     path = out_dir / f"iter_{record['iteration']:03d}.pt"
     faults.point("finetune-trained")
