@@ -184,6 +184,7 @@ class GroupEstimates:
         self.cache: dict[tuple[int, str], float] = {}
         self.variants: dict[int, nn.Module] = {}
         self.template: WidthTemplate | None | bool = False  # False: not made yet; None: cannot be made
+        self.misread = False  # set when the template disagreed with a built network (and was dropped)
 
     def variant(self, channels: int) -> nn.Module:
         if channels not in self.variants:
@@ -192,7 +193,9 @@ class GroupEstimates:
         return self.variants[channels]
 
     def _template(self, channels: int) -> WidthTemplate | None:
-        """The group's ``WidthTemplate``, made from the first variant built (``channels``)."""
+        """The group's ``WidthTemplate``, made from the first variant built (``channels``: the
+        narrowest width, the first a search asks for, so feasibility is always read off a built
+        network)."""
         if self.template is False:
             probe = [u.signature for u in self.ctx.estimator.uses(self.variant(channels))]
             self.template = WidthTemplate.make(self.parent_signatures, probe, self.channels, channels)
@@ -228,11 +231,13 @@ class GroupEstimates:
         if self.template is not None and self.template is not False:
             built = self.ctx.estimator.layer_sum_ms(self.variants[channels])
             by_template = self.ctx.estimator.signature_sum_ms(self.template.signatures(channels))
-            if by_template is not None and abs(built - by_template) > 1e-9 * max(1.0, built):
+            # the built network's entries are all in the table now: a template signature missing
+            # from it is a misread as much as a different sum
+            if by_template is None or abs(built - by_template) > 1e-9 * max(1.0, built):
                 # the template misread this network: from now on build every width of this group
                 self.ctx.log(f"{self.group}: width template off ({by_template:.4f} vs {built:.4f} ms); "
                              "building every variant of this group")
-                self.template = None
+                self.template, self.misread = None, True
                 self.cache = {k: v for k, v in self.cache.items() if k[1] != "latency"}
         return ProposalPlan(iteration, self.group, self.channels, channels, self(channels, "latency"), seed,
                             self.resource, macs, params)
@@ -244,6 +249,24 @@ def group_options(ctx: Context, group) -> list[int]:
     if g is None:
         raise ConfigError(f"group {group.id} is not in the LUT grid; rebuild the LUT for this network")
     return [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
+
+
+def _fewest_meeting(estimate: GroupEstimates, options: list[int], target: float | None) -> int | None:
+    """The widest grid width (fewest filters removed) whose estimate meets ``target``: a bisection,
+    as a group's resource use falls as it loses filters. None: not even the narrowest does;
+    ``target=None``: one grid step."""
+    if target is None:
+        return options[0]
+    if estimate(options[-1]) > target:
+        return None
+    lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if estimate(options[mid]) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return options[hi]
 
 
 def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dict[str, float], target: float | None,
@@ -273,20 +296,17 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dic
             estimates[group.id] = GroupEstimates(ctx, parent, group.id, group.channels, current["latency"], resource,
                                                  latency_model, parent_signatures)
         estimate = estimates[group.id]
-        if target is None:
-            channels = options[0]
-        else:
-            if estimate(options[-1]) > target:
+        seed = ctx.params.adapt.seed + 1000 * iteration + index
+        channels = _fewest_meeting(estimate, options, target)
+        if channels is None:
+            continue
+        plan = estimate.plan(iteration, channels, seed)
+        if estimate.misread:  # the template was dropped while planning: search again on built networks
+            estimate.misread = False
+            channels = _fewest_meeting(estimate, options, target)
+            if channels is None:
                 continue
-            lo, hi = 0, len(options) - 1  # options[hi] meets the target; find the first that does
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if estimate(options[mid]) <= target:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            channels = options[hi]
-        plan = estimate.plan(iteration, channels, ctx.params.adapt.seed + 1000 * iteration + index)
+            plan = estimate.plan(iteration, channels, seed)
         broken = [b for b in guards if not b.met(plan.estimates()[b.resource])]
         if broken:
             ctx.log(f"iteration {iteration + 1}: {group.id} -> {channels} rejected: it would break "

@@ -213,3 +213,32 @@ def test_a_damaged_run_is_refused_and_fresh_moves_it_aside(run_params, tmp_path)
     assert new_dir == run_dir and state.iterations == [] and (run_dir / "state.json").is_file()
     kept = [p for p in run_dir.parent.iterdir() if p.name.startswith("run.old-")]
     assert len(kept) == 1 and (kept[0] / "state.json").read_text() == "{ not json"  # nothing deleted
+
+
+def test_a_width_template_that_misreads_the_network_falls_back_to_built_networks(run_params, monkeypatch):
+    """If a template's signatures ever disagree with the network built for the plan, that group
+    switches to building every width: the plans equal those of a planner without templates."""
+    from netadapt_core.lut import WidthTemplate
+
+    params = run_params()
+    ctx = make_context(params, log=lambda _: None)
+    model, _, _ = load_checkpoint(params.pretrain.checkpoint)
+    current = {"latency": ctx.estimator.estimate_ms(model), **count_macs_params(model, ctx.input_shape)}
+    target = current["latency"] - 0.03
+
+    monkeypatch.setattr(WidthTemplate, "make", classmethod(lambda cls, *args: None))
+    reference = plan_proposals(ctx, model, 0, current, target)
+    monkeypatch.undo()
+
+    real_signatures = WidthTemplate.signatures
+    monkeypatch.setattr(WidthTemplate, "signatures",
+                        lambda self, width: real_signatures(self, width + 8))  # reads the wrong width
+    lines = []
+    ctx.log = lines.append
+    estimates = {}
+    misread = plan_proposals(ctx, model, 0, current, target, estimates=estimates)
+    assert any("width template off" in line for line in lines)
+    assert all(estimates[p.group].template is None for p in misread)  # the narrowest width, the
+    # feasibility test, is always a built network (the template's probe)
+    assert [(p.group, p.channels_after, p.estimated_ms) for p in misread] == \
+        [(p.group, p.channels_after, pytest.approx(p.estimated_ms)) for p in reference]

@@ -40,7 +40,8 @@ def _networks() -> list[str]:
 @pytest.mark.parametrize("name", _networks())
 def test_network_adapts_or_is_refused_up_front(name, data_root):
     row = matrix.try_network(name, data_root)
-    assert row["status"] in ("adapted", "refused"), row
+    assert row["status"] in ("adapted", "refused"), (
+        f"{name} failed at {row['step']}: {row.get('reason')}\n{row.get('traceback', '')}")
     if name in EXPECTED:
         assert row["status"] == EXPECTED[name], row
     if row["status"] == "adapted":
