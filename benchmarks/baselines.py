@@ -154,16 +154,12 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "platform": params.platform.name, "rows": rows}, indent=2))
     print(f"\n{cpu_model()}, {params.platform.name}, {params.platform.threads} thread(s), batch {params.platform.batch_size}; "
-          f"start test accuracy {load_json(params.report.metrics)['baseline']['test_accuracy']:.4f}")
+          f"start test accuracy {json.loads(Path(params.report.metrics).read_text())['baseline']['test_accuracy']:.4f}")
     print("| method | latency vs adapted (measured, interleaved) | MACs | parameters | test accuracy | note |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | x{r['latency_vs_adapted']:.3f} | {r['macs'] / 1e6:.1f} M | {r['params'] / 1e6:.2f} M | "
               f"{100 * r['test_accuracy']:.2f}% | {r['note']} |")
-
-
-def load_json(path):
-    return json.loads(Path(path).read_text())
 
 
 if __name__ == "__main__":

@@ -52,9 +52,9 @@ STATE_FILE = "state.json"
 # the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
 EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
                       "proposal_timeout_s", "on_changed_settings"}
-START_PASSES = 3  # the start network, every budget's reference, is timed alone this often (fastest kept)
 PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance",
                      "channels_last"}
+START_PASSES = 3  # the start network, every budget's reference, is timed alone this often (fastest kept)
 
 
 class BudgetUnreachableError(NetAdaptError, RuntimeError):
@@ -183,7 +183,8 @@ class GroupEstimates:
         self.parent_sum = ctx.estimator.layer_sum_ms(parent)
         self.cache: dict[tuple[int, str], float] = {}
         self.variants: dict[int, nn.Module] = {}
-        self.template: WidthTemplate | None | bool = False  # False: not made yet; None: cannot be made
+        self.template: WidthTemplate | None = None  # None: not made yet (probed False) or cannot be made
+        self.probed = False
         self.misread = False  # set when the template disagreed with a built network (and was dropped)
 
     def variant(self, channels: int) -> nn.Module:
@@ -196,7 +197,8 @@ class GroupEstimates:
         """The group's ``WidthTemplate``, made from the first variant built (``channels``: the
         narrowest width, the first a search asks for, so feasibility is always read off a built
         network)."""
-        if self.template is False:
+        if not self.probed:
+            self.probed = True
             probe = [u.signature for u in self.ctx.estimator.uses(self.variant(channels))]
             self.template = WidthTemplate.make(self.parent_signatures, probe, self.channels, channels)
         return self.template
@@ -228,7 +230,7 @@ class GroupEstimates:
 
     def plan(self, iteration: int, channels: int, seed: int) -> ProposalPlan:
         macs, params = int(self(channels, "macs")), int(self(channels, "params"))  # builds the variant
-        if self.template is not None and self.template is not False:
+        if self.template is not None:
             built = self.ctx.estimator.layer_sum_ms(self.variants[channels])
             by_template = self.ctx.estimator.signature_sum_ms(self.template.signatures(channels))
             # the built network's entries are all in the table now: a template signature missing

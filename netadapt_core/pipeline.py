@@ -326,7 +326,7 @@ def run_lut(params: Params, log: Log = print) -> dict[str, Any]:
     return lut.stats
 
 
-CHECK_REFERENCE_DRIFT = 0.10  # a check session whose start ran this far off the typical is timed again
+CHECK_REFERENCE_DRIFT = 0.10  # a check session whose start ran this much slower than the fastest is timed again
 
 
 def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:

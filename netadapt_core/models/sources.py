@@ -82,6 +82,19 @@ def _timm():
     return timm
 
 
+def _fresh_entry_points(name: str) -> dict:
+    """The plug-in models, looked up again if ``name`` is missing (a package installed since the
+    first look in this process)."""
+    if name not in model_entry_points():
+        importlib.invalidate_caches()
+        model_entry_points.cache_clear()
+    return model_entry_points()
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
 def check_model_name(name: str) -> str:
     """``name`` if some source provides it; otherwise a ModelError listing what is available."""
     source, builder = split_name(name)
@@ -96,10 +109,7 @@ def check_model_name(name: str) -> str:
             f"model {name!r}: timm has no model {builder!r}"
             + (f"; similar: {', '.join(close)}" if close else "; see timm.list_models()")
         )
-    if source == "entry_point" and builder not in model_entry_points():
-        importlib.invalidate_caches()  # a package installed since the first look (this process)
-        model_entry_points.cache_clear()
-    if source == "entry_point" and builder not in model_entry_points():
+    if source == "entry_point" and builder not in _fresh_entry_points(builder):
         plugins = ", ".join(sorted(model_entry_points())) or "none installed"
         raise ModelError(
             f"unknown model {name!r}; built in: {', '.join(MODELS.names())}; from installed packages "
@@ -134,9 +144,8 @@ def _call(label: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelError(f"model {label}: its builder refused the arguments {sorted(kwargs)}: {exc}. "
                          "Fix: correct model.kwargs") from None
     except Exception as exc:  # noqa: BLE001 - a builder may reject the input size or arguments any way
-        raise ModelError(f"model {label}: its builder failed with {sorted(kwargs)} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Fix: model.kwargs, or a "
-                         "data.image_size the network supports") from None
+        raise ModelError(f"model {label}: its builder failed with {sorted(kwargs)} ({_first_line(exc)}). "
+                         "Fix: model.kwargs, or a data.image_size the network supports") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {label}: the builder returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -177,8 +186,8 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int |
                     raise ModelError(f"model {name}: timm refused model.kwargs: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - e.g. an input size the model cannot take
                 raise ModelError(f"model {name}: timm failed to build it for {image_size} px images "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
-                                 "Fix: model.kwargs, or a data.image_size the network supports") from None
+                                 f"({_first_line(exc)}). Fix: model.kwargs, or a data.image_size the network "
+                                 "supports") from None
         return fit_io(_call(name, lambda **kw: timm.create_model(builder, pretrained=False, **kw), args),
                       in_channels, num_classes, name)
     check_model_name(name)
