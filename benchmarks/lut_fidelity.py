@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-sample-ms", type=float, default=0.5)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="more settings, e.g. platform.graph_optimization=extended")
+                        help="more settings, e.g. platform.onnxruntime-cpu.graph_optimization=extended")
     return parser.parse_args(argv)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -162,12 +162,33 @@ class PretrainConfig(TrainConfig):
         return self.device
 
 
-class PlatformConfig(_Section):
-    """Where latency is measured and how (``name`` picks the platform; see netadapt_core/platforms.py)."""
+class PlatformSettings(_Section):
+    """A platform's own settings: the keys under ``platform.<its name>``. A platform declares a
+    subclass as its ``Settings`` (``netadapt_core/platforms``)."""
 
-    COMMAND_PLACEHOLDERS: ClassVar[tuple[str, ...]] = (
-        "onnx", "batch", "input_shape", "repeats", "warmup", "threads", "min_sample_ms", "python",
-    )
+    def check_selected(self) -> None:
+        """Raise ValueError when these settings cannot work with this platform in use."""
+
+
+# flat keys of earlier versions, now in the section of the platform they belong to
+MOVED_PLATFORM_KEYS = {
+    "device": "platform.torch-cuda.device",
+    "graph_optimization": "platform.onnxruntime-cpu.graph_optimization",
+    "onnx_opset": "platform.onnxruntime-cpu.onnx_opset (or platform.command.onnx_opset)",
+    "command": "platform.command.argv",
+    "command_timeout_s": "platform.command.timeout_s",
+    "device_name": "platform.command.device_name",
+}
+
+
+class PlatformConfig(_Section):
+    """Where latency is measured and how: ``name`` picks the platform, the other fields are the
+    timing method every platform shares, and ``platform.<name>`` holds one platform's own settings,
+    validated by that platform's ``Settings`` model (``options`` is the one in use). Sections of
+    other platforms may stay in the file (they are checked, not used) and are left out of dumps
+    and hashes: they change no measurement."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str = "torch-cpu"
     threads: int = Field(1, ge=1)
@@ -179,54 +200,64 @@ class PlatformConfig(_Section):
         0.5, gt=0, description="each sample loops the layer until it lasts this long (timer noise)"
     )
     network_repeats: int = Field(31, ge=3, description="timed samples for a whole network")
-    device: str = Field("cuda:0", pattern=r"^cuda(:\d+)?$", description="torch-cuda: the GPU, e.g. cuda:1")
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="onnxruntime-cpu: ONNX Runtime's graph optimisation level"
-    )
-    onnx_opset: int = Field(17, ge=9, le=23, description="onnxruntime-cpu, command: ONNX opset of the export")
-    command: list[str] | None = Field(
-        None,
-        description="command: argv run per measurement, with placeholders " + ", ".join(COMMAND_PLACEHOLDERS),
-    )
-    command_timeout_s: float = Field(600.0, gt=0, description="command: one run may last this long")
-    device_name: str | None = Field(None, description="command: a label for the device (part of the LUT key)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in MOVED_PLATFORM_KEYS.items():
+                if old in data and not (old == "command" and isinstance(data[old], dict)):
+                    raise ValueError(f"platform.{old} is now {new} (each platform's own settings live "
+                                     "under platform.<its name>, see params.yaml)")
+        return data
 
     @field_validator("name")
     @classmethod
     def _known_platform(cls, name: str) -> str:
         return _registered("platform", name)
 
-    @field_validator("command")
-    @classmethod
-    def _known_placeholders(cls, command: list[str] | None) -> list[str] | None:
-        if command is None:
-            return None
-        if not command or not command[0]:
-            raise ValueError("platform.command must be a non-empty argv list, e.g. [adb, shell, ...]")
-        for arg in command:
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
-            except ValueError as exc:
-                raise ValueError(
-                    f"platform.command argument {arg!r}: {exc} (write a literal brace as {{{{ or }}}})"
-                ) from None
-            unknown = fields - set(cls.COMMAND_PLACEHOLDERS)
-            if unknown:
-                raise ValueError(
-                    f"platform.command argument {arg!r} uses unknown placeholder(s) {sorted(unknown)}; "
-                    f"known: {', '.join('{' + p + '}' for p in cls.COMMAND_PLACEHOLDERS)}"
-                )
-        return command
-
     @model_validator(mode="after")
-    def _command_needs_argv(self) -> PlatformConfig:
-        if self.name == "command" and not self.command:
-            raise ValueError(
-                "platform 'command' needs platform.command: the argv that times an ONNX file on the "
-                "device, e.g. [\"{python}\", scripts/stand_in_device.py, \"{onnx}\"] "
-                "(see examples/command_platform.yaml)"
-            )
+    def _platform_sections(self) -> PlatformConfig:
+        from .platforms import PLATFORMS
+
+        sections = self.__pydantic_extra__
+        assert sections is not None
+        if self.name not in sections:
+            sections[self.name] = None
+        for key, value in list(sections.items()):
+            if key not in PLATFORMS:
+                raise ValueError(
+                    f"platform.{key}: unknown key: neither a setting every platform shares "
+                    f"({', '.join(type(self).model_fields)}) nor a platform's section "
+                    f"({', '.join(PLATFORMS.names())}); check the spelling against params.yaml"
+                )
+            model = getattr(PLATFORMS.get(key), "Settings", PlatformSettings)
+            if isinstance(value, model):
+                continue
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"platform.{key} must be a mapping of {key}'s own settings, got {value!r}")
+            try:
+                sections[key] = model.model_validate(value or {})
+            except ValidationError as err:
+                problems = []
+                for e in err.errors():
+                    where = f"platform.{key}." + ".".join(map(str, e["loc"]))
+                    message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+                    problems.append(message if message.startswith(where) else f"{where}: {message}")
+                raise ValueError("; ".join(problems)) from None
+        sections[self.name].check_selected()
         return self
+
+    @property
+    def options(self) -> PlatformSettings:
+        """The settings of the platform in use (``platform.<name>``)."""
+        assert self.__pydantic_extra__ is not None
+        return self.__pydantic_extra__[self.name]
+
+    @model_serializer(mode="wrap")
+    def _dump_the_platform_in_use(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in type(self).model_fields or (k == self.name and v)}
 
 
 class LutConfig(_Section):
@@ -497,7 +528,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         value = problem.get("input")
         given = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
         # a whole section (a check across its keys) says itself what is wrong: no need to echo it
-        problems.append(f"{where}: {message}" + ("" if isinstance(value, dict) else f" (got {given})"))
+        said = message if message.startswith(f"{where}.") else f"{where}: {message}"
+        problems.append(said + ("" if isinstance(value, dict) else f" (got {given})"))
     return f"invalid settings in {source}: " + "; ".join(problems)
 
 

@@ -65,4 +65,12 @@ def test_section_hash_changes_only_with_its_section():
 def test_built_in_defaults_are_params_yaml():
     """A params file that sets one section (examples/*.yaml) gets params.yaml's values for the rest."""
     root = Path(__file__).resolve().parents[1]
-    assert load_params(None) == load_params(root / "params.yaml")
+    from netadapt_core.platforms import PLATFORMS
+
+    from_file = load_params(root / "params.yaml")
+    assert load_params(None).model_dump() == from_file.model_dump()
+    # the sections of the platforms not in use hold each platform's own defaults too
+    sections = from_file.platform.__pydantic_extra__
+    assert set(sections) == set(PLATFORMS.names()) - {"torch-cpu"} | {from_file.platform.name}
+    for name, section in sections.items():
+        assert section == PLATFORMS.get(name).Settings(), name

@@ -4,6 +4,7 @@ platform through the stand-in device script, and torch-cuda where a GPU is prese
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,25 @@ import torch
 from torch import nn
 
 from netadapt_core.checkpoint import Architecture
-from netadapt_core.config import ConfigError, PlatformConfig, load_params
+from netadapt_core.config import (
+    MOVED_PLATFORM_KEYS,
+    ConfigError,
+    PlatformConfig,
+    PlatformSettings,
+    load_params,
+    with_overrides,
+)
 from netadapt_core.lut import LatencyEstimator, LatencyLUT, build_lut, network_fingerprint
 from netadapt_core.models import build_model
 from netadapt_core.pipeline import uniform_variant
-from netadapt_core.platforms import PLATFORMS, PlatformError, make_platform, parse_latency
+from netadapt_core.platforms import (
+    PLATFORMS,
+    OnnxRuntimeSettings,
+    Platform,
+    PlatformError,
+    make_platform,
+    parse_latency,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "command_platform.yaml"
@@ -30,9 +45,9 @@ def platform_cfg(*overrides: str) -> PlatformConfig:
 def stand_in_cfg(*overrides: str) -> PlatformConfig:
     """The example file's stand-in command, with the script's absolute path (tests run anywhere)."""
     example = load_params(EXAMPLE).platform
-    command = [str(ROOT / a) if a.endswith("stand_in_device.py") else a for a in example.command]
-    return platform_cfg("platform.name=command", f"platform.command={command}",
-                        f"platform.device_name={example.device_name}", *overrides)
+    argv = [str(ROOT / a) if a.endswith("stand_in_device.py") else a for a in example.options.argv]
+    return platform_cfg("platform.name=command", f"platform.command.argv={argv}",
+                        f"platform.command.device_name={example.options.device_name}", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +90,7 @@ def test_command_platform_end_to_end_through_the_stand_in(tiny):
     cfg = stand_in_cfg()
     platform = make_platform(cfg)
     meta = platform.metadata()
-    assert meta["command"] == cfg.command and meta["device_name"].startswith("stand-in")
+    assert meta["command"] == cfg.options.argv and meta["device_name"].startswith("stand-in")
     assert platform.measure_network(tiny, SHAPE).samples == cfg.network_repeats  # the script's own count
     argv = platform.argv(Path("/tmp/m.onnx"), (8, 1, 28, 28), 7)
     assert argv[2:6] == ["/tmp/m.onnx", "--warmup", "2", "--repeats"] and argv[6] == "7"
@@ -84,7 +99,7 @@ def test_command_platform_end_to_end_through_the_stand_in(tiny):
 def test_example_file_is_valid_and_runnable_from_the_repository(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_params(EXAMPLE, FAST).platform
-    assert cfg.name == "command" and "{onnx}" in cfg.command
+    assert cfg.name == "command" and "{onnx}" in cfg.options.argv
     platform = make_platform(cfg)
     # a layer large enough that its cost clearly exceeds the graph boundary subtracted from it (a
     # 1->8 conv came out at the 0 floor once, when the boundary's separate runs were noisy)
@@ -97,25 +112,25 @@ def test_example_file_is_valid_and_runnable_from_the_repository(monkeypatch):
         ("import sys; print('boom', file=sys.stderr); sys.exit(3)", 60, "exit status 3.*boom"),
         ("print('device busy')", 60, "printed no latency.*device busy"),
         ("print('latency_ms: -1')", 60, "printed no latency"),
-        ("import time; time.sleep(60)", 0.5, "timed out after 0.5 s.*command_timeout_s"),
+        ("import time; time.sleep(60)", 0.5, "timed out after 0.5 s.*platform.command.timeout_s"),
     ],
     ids=["fails", "no-latency", "bad-latency", "timeout"],
 )
 def test_command_platform_errors(code, timeout, message):
-    cfg = platform_cfg("platform.name=command", f'platform.command=["{{python}}", "-c", "{code}"]',
-                       f"platform.command_timeout_s={timeout}")
+    cfg = platform_cfg("platform.name=command", f'platform.command.argv=["{{python}}", "-c", "{code}"]',
+                       f"platform.command.timeout_s={timeout}")
     with pytest.raises(PlatformError, match=message):
         make_platform(cfg).measure_layer(nn.Conv2d(1, 4, 3), (1, 1, 8, 8))
 
 
 def test_command_that_cannot_start_names_it(tmp_path):
     """Refused when the platform is made, before any export or measurement."""
-    cfg = platform_cfg("platform.name=command", "platform.command=[/nonexistent/bench, '{onnx}']")
+    cfg = platform_cfg("platform.name=command", "platform.command.argv=[/nonexistent/bench, '{onnx}']")
     with pytest.raises(PlatformError, match="'/nonexistent/bench' does not exist"):
         make_platform(cfg)
     script = tmp_path / "bench.py"
     script.write_text("print('latency_ms: 1')\n")  # not executable
-    cfg = platform_cfg("platform.name=command", f"platform.command=[{script}, '{{onnx}}']")
+    cfg = platform_cfg("platform.name=command", f"platform.command.argv=[{script}, '{{onnx}}']")
     with pytest.raises(PlatformError, match="not executable.*chmod"):
         make_platform(cfg)
 
@@ -134,12 +149,45 @@ def test_platform_settings_are_validated():
         assert known in str(err.value)
     with pytest.raises(KeyError, match="known: command, onnxruntime-cpu, torch-cpu, torch-cuda"):
         PLATFORMS.get("tpu")
-    with pytest.raises(ConfigError, match="needs platform.command"):
+    with pytest.raises(ConfigError, match="needs platform.command.argv"):
         load_params(None, ["platform.name=command"])
     with pytest.raises(ConfigError, match=r"unknown placeholder.*'model'.*known: \{onnx\}"):
-        load_params(None, ["platform.command=[bench, '{model}']"])
-    with pytest.raises(ConfigError, match="platform.device"):
-        load_params(None, ["platform.device=gpu0"])
+        load_params(None, ["platform.command.argv=[bench, '{model}']"])
+    with pytest.raises(ConfigError, match=r"platform.torch-cuda.device: String should match"):
+        load_params(None, ["platform.torch-cuda.device=gpu0"])
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED_PLATFORM_KEYS.items()))
+def test_a_flat_platform_key_of_earlier_versions_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=re.escape(f"platform.{old} is now {new}")):
+        load_params(None, [f"platform.{old}=[x]"])
+
+
+def test_each_platform_validates_its_own_section_and_only_the_one_in_use_is_kept():
+    params = load_params(None, ["platform.name=onnxruntime-cpu", "platform.onnxruntime-cpu.graph_optimization=basic",
+                                "platform.torch-cuda.device=cuda:1"])
+    assert isinstance(params.platform.options, OnnxRuntimeSettings)
+    assert params.platform.options.graph_optimization == "basic"
+    dumped = params.platform.model_dump()
+    assert dumped["onnxruntime-cpu"] == {"graph_optimization": "basic", "onnx_opset": 17} and "torch-cuda" not in dumped
+    # another platform's settings change neither the dump nor a hash of it
+    assert params.section_hash("platform") == with_overrides(
+        params, ["platform.torch-cuda.device=cuda:2"]).section_hash("platform")
+    with pytest.raises(ConfigError, match="platform.onnxruntime-cpu.threads: unknown key"):
+        load_params(None, ["platform.onnxruntime-cpu.threads=2"])
+    with pytest.raises(ConfigError, match=r"platform.tpu: unknown key.*\(command, onnxruntime-cpu"):
+        load_params(None, ["platform.tpu.device=x"])
+    with pytest.raises(ConfigError, match="platform.torch-cuda must be a mapping"):
+        load_params(None, ["platform.torch-cuda=7"])
+
+
+def test_every_builtin_platform_satisfies_the_protocol():
+    for name in PLATFORMS.names():
+        cls = PLATFORMS.get(name)
+        assert issubclass(cls.Settings, PlatformSettings), name
+        for method in ("metadata", "environment", "measure_layer", "measure_networks"):
+            assert callable(getattr(cls, method)), (name, method)
+    assert isinstance(make_platform(PlatformConfig()), Platform)
 
 
 def test_torch_cpu_metadata_ignores_other_platforms_settings():
@@ -147,8 +195,9 @@ def test_torch_cpu_metadata_ignores_other_platforms_settings():
     assert set(make_platform(PlatformConfig()).metadata()) == {
         "platform", "threads", "batch_size", "dtype", "cpu", "machine", "torch",
     }
-    assert make_platform(PlatformConfig(graph_optimization="basic", device_name="x")).metadata() == \
-        make_platform(PlatformConfig()).metadata()
+    other = load_params(None, ["platform.onnxruntime-cpu.graph_optimization=basic",
+                               "platform.command.device_name=x"]).platform
+    assert make_platform(other).metadata() == make_platform(PlatformConfig()).metadata()
 
 
 def test_onnxruntime_lut_works_with_the_estimator(tiny, tmp_path):
