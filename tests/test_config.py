@@ -74,3 +74,14 @@ def test_built_in_defaults_are_params_yaml():
     assert set(sections) == set(PLATFORMS.names()) - {"torch-cpu"} | {from_file.platform.name}
     for name, section in sections.items():
         assert section == PLATFORMS.get(name).Settings(), name
+
+
+def test_every_package_of_the_tree_is_in_pyproject():
+    """``pip install .`` (not editable) installs only the listed packages: a new one must be listed."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for top in ("netadapt_core", "flows", "tasks")
+             for p in (root / top).rglob("__init__.py")}
+    assert found == listed
