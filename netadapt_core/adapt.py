@@ -49,11 +49,10 @@ from .surgery import SurgeryError, check_surgery, prunable_groups, prune_group
 from .training import evaluate, train
 
 STATE_FILE = "state.json"
-# the adapt settings a proposal's training reads (its cache key); not budgets, runners or paths
-EXECUTION_SETTINGS = {"fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address", "proposal_retries",
-                      "proposal_timeout_s", "on_changed_settings"}
-PROPOSAL_SETTINGS = {"short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance",
-                     "channels_last"}
+# the adapt settings a proposal's training reads (its cache key), and those a run's result does not
+# depend on (runners, paths): declared beside each setting (AdaptConfig.ROLES)
+PROPOSAL_SETTINGS = AdaptConfig.with_role("proposal")
+EXECUTION_SETTINGS = AdaptConfig.with_role("execution")
 START_PASSES = 3  # the start network, every budget's reference, is timed alone this often (fastest kept)
 
 

@@ -300,8 +300,34 @@ class BudgetSpec(_Section):
         return self
 
 
+SettingRole = Literal["proposal", "run", "execution"]
+
+
 class AdaptConfig(TrainConfig):
-    """The NetAdapt loop: schedule, budgets, proposals."""
+    """The NetAdapt loop: schedule, budgets, proposals.
+
+    ``ROLES`` says what each setting is to the caches; it must name every field (checked when the
+    class is made, so a new setting without a role fails at import instead of being left out of a
+    cache key): ``proposal`` — read by a proposal's training: part of its cache key and of the run's
+    hash; ``run`` — decides plans, picks or the stop: part of the run's hash (a resume with another
+    value is refused or restarts, ``on_changed_settings``); ``execution`` — where and how the work
+    runs: neither (a resume may change it).
+    """
+
+    ROLES: ClassVar[dict[str, SettingRole]] = {
+        **dict.fromkeys(("short_term_steps", "lr", "batch_size", "momentum", "weight_decay", "importance",
+                         "channels_last"), "proposal"),
+        **dict.fromkeys(("threads", "seed", "resource", "budget_ratio", "budget", "constraints",
+                         "initial_reduction_ratio", "initial_reduction", "reduction_decay", "train_device",
+                         "screening", "halving_rounds", "exclude", "pick", "latency_source", "min_proposal_share",
+                         "verify", "verify_repeats", "verify_max_extra_steps", "slower_tolerance"), "run"),
+        **dict.fromkeys(("fresh", "max_iterations", "run_dir", "runner", "workers", "dask_address",
+                         "proposal_retries", "proposal_timeout_s", "on_changed_settings"), "execution"),
+    }
+
+    @classmethod
+    def with_role(cls, *roles: SettingRole) -> set[str]:
+        return {name for name, role in cls.ROLES.items() if role in roles}
 
     run_dir: str = "runs/adapt"
     resource: Resource = Field(
@@ -409,6 +435,16 @@ class AdaptConfig(TrainConfig):
                 "set its budget with adapt.budget_ratio / adapt.budget instead"
             )
         return self
+
+
+def _check_roles(cls: type[AdaptConfig]) -> None:
+    if set(cls.ROLES) != set(cls.model_fields):
+        raise TypeError(f"{cls.__name__}.ROLES must name every setting: without a role "
+                        f"{sorted(set(cls.model_fields) - set(cls.ROLES))}, not settings "
+                        f"{sorted(set(cls.ROLES) - set(cls.model_fields))}")
+
+
+_check_roles(AdaptConfig)
 
 
 class FinetuneConfig(TrainConfig):

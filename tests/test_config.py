@@ -85,3 +85,17 @@ def test_every_package_of_the_tree_is_in_pyproject():
     found = {".".join(p.parent.relative_to(root).parts) for top in ("netadapt_core", "flows", "tasks")
              for p in (root / top).rglob("__init__.py")}
     assert found == listed
+
+
+def test_every_adapt_setting_has_a_cache_role_and_a_new_one_without_fails():
+    from netadapt_core.config import AdaptConfig, _check_roles
+
+    assert set(AdaptConfig.ROLES) == set(AdaptConfig.model_fields)
+    assert AdaptConfig.with_role("proposal") >= {"short_term_steps", "lr", "importance"}
+    assert "runner" in AdaptConfig.with_role("execution") and "budget_ratio" in AdaptConfig.with_role("run")
+
+    class WithANewKnob(AdaptConfig):
+        warmup_steps: int = 0
+
+    with pytest.raises(TypeError, match=r"without a role \['warmup_steps'\]"):
+        _check_roles(WithANewKnob)
