@@ -38,7 +38,7 @@ from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError
 from netadapt_core.export import ExportError, ExportMismatchError, export_network, sample_images
 from netadapt_core.layers import UnsupportedLayerError
-from netadapt_core.loop import NetAdapt
+from netadapt_core.adapt import NetAdapt
 from netadapt_core.models import ModelError, check_network
 from netadapt_core.pipeline import architecture, run_lut, run_pretrain
 from netadapt_core.platforms import cpu_model

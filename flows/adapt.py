@@ -1,4 +1,4 @@
-"""The adaptation flow: ``netadapt_core.loop.NetAdapt`` with proposals fanned out on a task runner.
+"""The adaptation flow: ``netadapt_core.adapt.NetAdapt`` with proposals fanned out on a task runner.
 
 The loop (Algorithm 1) lives in the core; this flow gives it a ``map_proposals`` that submits one
 ``make-proposal`` task per group to the worker pool, and an ``on_iteration`` hook that publishes a
@@ -14,9 +14,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 
-from netadapt_core.adapt import ProposalResult, make_context, open_run
+from netadapt_core.adapt import NetAdapt, ProposalJob, ProposalResult, make_context, open_run
 from netadapt_core.config import load_params
-from netadapt_core.loop import NetAdapt, ProposalJob
 from netadapt_core.resources import format_value
 from tasks.adapt import make_proposal, result_from_dict
 

@@ -1,7 +1,7 @@
 """The task of one NetAdapt proposal: prune a group of the parent, fine-tune short-term, score.
 
 Only proposals run on the worker pool; planning and committing measure latency and so run in the
-flow's process (``netadapt_core.loop``) while no proposal trains. A proposal's durable record
+flow's process (``netadapt_core.adapt.loop``) while no proposal trains. A proposal's durable record
 beside its checkpoint is its cache (``run_proposal`` returns a finished one without running it),
 so Prefect caches nothing here that could disagree with the files.
 """

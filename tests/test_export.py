@@ -191,7 +191,7 @@ def test_export_settings_are_validated():
 
 def _adapt_and_finetune(params, finetune: bool = True) -> None:
     from netadapt_core.adapt import make_context, open_run
-    from netadapt_core.loop import NetAdapt
+    from netadapt_core.adapt import NetAdapt
     from netadapt_core.pipeline import run_finetune
 
     ctx = make_context(params, log=lambda _: None)

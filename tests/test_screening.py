@@ -7,7 +7,7 @@ import json
 import pytest
 
 from netadapt_core.adapt import JOURNAL_FILE, halving_schedule, make_context, open_run
-from netadapt_core.loop import NetAdapt
+from netadapt_core.adapt import NetAdapt
 
 
 def test_halving_schedule():

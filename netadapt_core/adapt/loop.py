@@ -28,31 +28,26 @@ from typing import Any
 
 from torch import nn
 
-from . import faults
-from .adapt import (
+from .. import faults
+from ..checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
+from ..errors import ProposalsFailedError
+from ..latency_model import LatencyPoint
+from ..platforms import measure_relative
+from ..resources import Budget, format_value
+from ..schedule import reduction
+from ..surgery import PrunableGroup, prunable_groups
+from .context import Context, measure_point
+from .plan import GroupEstimates, ProposalPlan, group_options, plan_from_dict, plan_proposals
+from .proposal import (
     JOURNAL_FILE,
-    Context,
-    GroupEstimates,
-    ProposalPlan,
     ProposalResult,
-    RunState,
-    group_options,
     halving_schedule,
-    measure_point,
-    plan_from_dict,
-    plan_proposals,
     proposal_key,
     proposal_path,
     rank_proposals,
     run_proposal,
 )
-from .checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
-from .errors import ProposalsFailedError
-from .latency_model import LatencyPoint
-from .platforms import measure_relative
-from .resources import Budget, format_value
-from .schedule import reduction
-from .surgery import PrunableGroup, prunable_groups
+from .state import RunState
 
 MAX_SHRINKS = 3  # the step is halved at most this often to let more groups propose
 RECHECK_SHARE = 0.03  # a pick measured this far off what was expected is measured again
