@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from netadapt_core.checkpoint import Architecture  # noqa: E402
 from netadapt_core.config import load_params  # noqa: E402
 from netadapt_core.lut import LatencyEstimator, build_lut  # noqa: E402
-from netadapt_core.pipeline import uniform_variant  # noqa: E402
+from netadapt_core.lut import uniform_variant  # noqa: E402
 from netadapt_core.platforms import ALLOCATOR_ENV, make_platform  # noqa: E402
 
 INPUT_SHAPE = (1, 28, 28)

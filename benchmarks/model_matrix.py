@@ -32,16 +32,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from netadapt_core.adapt import make_context, measure_point, open_run
+from netadapt_core.adapt import NetAdapt, architecture, make_context, measure_point, open_run
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError
 from netadapt_core.export import ExportError, ExportMismatchError, export_network, sample_images
 from netadapt_core.layers import UnsupportedLayerError
-from netadapt_core.adapt import NetAdapt
 from netadapt_core.models import ModelError, check_network
-from netadapt_core.pipeline import architecture, run_lut, run_pretrain
 from netadapt_core.platforms import cpu_model
+from netadapt_core.stages import run_lut, run_pretrain
 from netadapt_core.surgery import SurgeryError, check_surgery
 
 REFUSALS = (UnsupportedLayerError, ModelError, SurgeryError)

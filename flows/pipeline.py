@@ -11,7 +11,7 @@ from prefect import flow
 
 from netadapt_core.config import load_params
 from netadapt_core.export import MANIFEST
-from netadapt_core.pipeline import check_inputs
+from netadapt_core.stages import check_inputs
 from tasks import stages
 
 from .adapt import adapt_flow
@@ -94,7 +94,7 @@ def pipeline_flow(params_path: str | None = "params.yaml", overrides: list[str] 
 
 def checked(stage: str, stage_flow: Callable[..., Any]) -> Callable[..., Any]:
     """``stage_flow`` behind a check of the stage's inputs that runs before Prefect starts
-    (``netadapt_core.pipeline.check_inputs``, and the worker pool): a bad input is refused with one
+    (``netadapt_core.stages.check_inputs``, and the worker pool): a bad input is refused with one
     line, before any measurement or training, instead of failing inside the flow run."""
 
     @functools.wraps(stage_flow)

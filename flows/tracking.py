@@ -157,8 +157,8 @@ class AdaptTracker:
         import mlflow.pytorch
         import numpy as np
 
+        from netadapt_core.adapt import architecture
         from netadapt_core.checkpoint import load_checkpoint
-        from netadapt_core.pipeline import architecture
 
         for result in results:
             for key in ("test_accuracy", "holdout_accuracy", "measured_ms"):

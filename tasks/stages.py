@@ -1,4 +1,4 @@
-"""Tasks for the stages around the adaptation: each wraps one ``netadapt_core.pipeline`` function
+"""Tasks for the stages around the adaptation: each wraps one ``netadapt_core.stages`` function
 (``export``: ``netadapt_core.export.run_export``).
 
 Their outputs are files named in ``params.yaml``; they return small JSON-able records. Caching of
@@ -13,34 +13,34 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from netadapt_core import pipeline
+from netadapt_core import stages
 from netadapt_core.config import Params
 from netadapt_core.export import run_export
 
 
 @task(name="data", cache_policy=NO_CACHE)
 def data(params: Params) -> dict[str, Any]:
-    return pipeline.run_data(params)
+    return stages.run_data(params)
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
 def pretrain(params: Params) -> dict[str, Any]:
-    return pipeline.run_pretrain(params)
+    return stages.run_pretrain(params)
 
 
 @task(name="build-lut", cache_policy=NO_CACHE)
 def build_lut(params: Params) -> dict[str, Any]:
-    return pipeline.run_lut(params)
+    return stages.run_lut(params)
 
 
 @task(name="check-lut", cache_policy=NO_CACHE)
 def check_lut(params: Params) -> dict[str, Any]:
-    return pipeline.run_lut_check(params)
+    return stages.run_lut_check(params)
 
 
 @task(name="finetune", cache_policy=NO_CACHE)
 def finetune(params: Params) -> list[dict[str, Any]]:
-    return pipeline.run_finetune(params)
+    return stages.run_finetune(params)
 
 
 @task(name="export", cache_policy=NO_CACHE)
@@ -50,4 +50,4 @@ def export(params: Params, check: bool = False) -> dict[str, Any]:
 
 @task(name="report", cache_policy=NO_CACHE)
 def report(params: Params) -> dict[str, Any]:
-    return pipeline.run_report(params)
+    return stages.run_report(params)

@@ -85,7 +85,7 @@ def tiny_data(tiny_params):
 
 @pytest.fixture(scope="session")
 def pretrained(tiny_params) -> Path:
-    from netadapt_core.pipeline import run_pretrain
+    from netadapt_core.stages import run_pretrain
 
     run_pretrain(tiny_params, log=lambda _: None)
     return Path(tiny_params.pretrain.checkpoint)
@@ -93,7 +93,7 @@ def pretrained(tiny_params) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lut(tiny_params, pretrained) -> Path:
-    from netadapt_core.pipeline import run_lut
+    from netadapt_core.stages import run_lut
 
     run_lut(tiny_params, log=lambda _: None)
     return Path(tiny_params.lut.path)

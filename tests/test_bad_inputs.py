@@ -317,7 +317,7 @@ def test_good_inputs_pass_every_stage_check(run_params, tmp_path):
     a well-formed run directory pass every stage's check (in-process: no Prefect, nothing trained)."""
     from netadapt_core.adapt import STATE_FILE, RunState
     from netadapt_core.checkpoint import atomic_write_json
-    from netadapt_core.pipeline import check_inputs, load_run_state
+    from netadapt_core.stages import check_inputs, load_run_state
 
     params = run_params()
     for stage in ("data", "pretrain", "lut", "adapt", "all"):

@@ -192,7 +192,7 @@ def test_export_settings_are_validated():
 def _adapt_and_finetune(params, finetune: bool = True) -> None:
     from netadapt_core.adapt import make_context, open_run
     from netadapt_core.adapt import NetAdapt
-    from netadapt_core.pipeline import run_finetune
+    from netadapt_core.stages import run_finetune
 
     ctx = make_context(params, log=lambda _: None)
     run_dir, state = open_run(ctx)
@@ -215,7 +215,7 @@ def test_stage_exports_the_finetuned_final_network_and_refuses_without_one(run_p
     _adapt_and_finetune(params, finetune=False)
     with pytest.raises(StageOrderError, match="run `netadapt finetune`"):
         run_export(params, log=lambda _: None)
-    from netadapt_core.pipeline import run_finetune
+    from netadapt_core.stages import run_finetune
 
     [result] = run_finetune(params, log=lambda _: None)
     manifest = run_export(params, log=lambda _: None)

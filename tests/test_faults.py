@@ -25,7 +25,7 @@ import sys
 from netadapt_core.adapt import make_context, open_run
 from netadapt_core.config import load_params
 from netadapt_core.adapt import NetAdapt
-from netadapt_core.pipeline import run_finetune
+from netadapt_core.stages import run_finetune
 params = load_params(sys.argv[1])
 ctx = make_context(params, log=lambda _: None)
 run_dir, state = open_run(ctx)

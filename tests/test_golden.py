@@ -55,7 +55,7 @@ def _pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 def _observed(root: Path, data_root: Path) -> dict[str, Any]:
     from netadapt_core.adapt import make_context, open_run
     from netadapt_core.adapt import NetAdapt
-    from netadapt_core.pipeline import run_lut, run_pretrain
+    from netadapt_core.stages import run_lut, run_pretrain
 
     params = load_params(None, [*tiny_overrides(root, data_root), *SETTINGS])
     run_pretrain(params, log=lambda _: None)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from netadapt_core.adapt import architecture
 from netadapt_core.checkpoint import Architecture
 from netadapt_core.config import with_overrides
 from netadapt_core.lut import (
@@ -13,10 +14,11 @@ from netadapt_core.lut import (
     channel_grid,
     layer_uses,
     network_fingerprint,
+    uniform_variant,
 )
 from netadapt_core.models import build_model
-from netadapt_core.pipeline import architecture, run_lut_check, uniform_variant
 from netadapt_core.platforms import Measurement, make_platform, time_callable
+from netadapt_core.stages import run_lut_check
 
 
 def test_channel_grid():
@@ -156,7 +158,7 @@ def test_timer_takes_the_median():
 
 
 def test_rank_correlation():
-    from netadapt_core.pipeline import rank_correlation
+    from netadapt_core.stages import rank_correlation
 
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
@@ -221,10 +223,10 @@ def test_lut_check_times_again_a_session_whose_start_was_disturbed(tiny_params, 
     import csv
     from dataclasses import replace
 
-    import netadapt_core.pipeline as pipeline
     from netadapt_core.config import with_overrides
+    from netadapt_core.stages import lut_check
 
-    real = pipeline.measure_relative
+    real = lut_check.measure_relative
     calls = []
 
     def disturbed(platform, models, reference, shape, *args, **kwargs):
@@ -235,7 +237,7 @@ def test_lut_check_times_again_a_session_whose_start_was_disturbed(tiny_params, 
             pairs[-1] = (own, replace(ref, median_ms=ref.median_ms * 1.5))
         return pairs
 
-    monkeypatch.setattr(pipeline, "measure_relative", disturbed)
+    monkeypatch.setattr(lut_check, "measure_relative", disturbed)
     params = with_overrides(tiny_params, [f"report.lut_check={tmp_path}/check.csv", f"report.plots_dir={tmp_path}/plots"])
     lines = []
     summary = run_lut_check(params, log=lines.append)

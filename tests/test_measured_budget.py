@@ -27,7 +27,7 @@ from netadapt_core.adapt import (
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.latency_model import LatencyModel, LatencyPoint
 from netadapt_core.adapt import NetAdapt
-from netadapt_core.pipeline import run_lut
+from netadapt_core.stages import run_lut
 from netadapt_core.surgery import prunable_groups, prune_group
 
 

@@ -20,9 +20,8 @@ from netadapt_core.config import (
     load_params,
     with_overrides,
 )
-from netadapt_core.lut import LatencyEstimator, LatencyLUT, build_lut, network_fingerprint
+from netadapt_core.lut import LatencyEstimator, LatencyLUT, build_lut, network_fingerprint, uniform_variant
 from netadapt_core.models import build_model
-from netadapt_core.pipeline import uniform_variant
 from netadapt_core.platforms import (
     PLATFORMS,
     OnnxRuntimeSettings,
@@ -244,7 +243,7 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     from flows.adapt import adapt_flow
     from netadapt_core.adapt import RunState
     from netadapt_core.checkpoint import load_checkpoint
-    from netadapt_core.pipeline import run_lut, run_pretrain
+    from netadapt_core.stages import run_lut, run_pretrain
 
     params = load_params(None, [
         *tiny_overrides(tmp_path, data_root), "model.kwargs.width_mult=4", "platform.name=onnxruntime-cpu",
