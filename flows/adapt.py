@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from netadapt_core.adapt import NetAdapt, ProposalJob, ProposalResult, make_context, open_run
 from netadapt_core.config import load_params
 from netadapt_core.resources import format_value
-from tasks.adapt import make_proposal, result_from_dict
+from tasks.adapt import make_proposal
 
 from .runners import make_task_runner
 from .tracking import AdaptTracker, check_tracking
@@ -55,14 +55,14 @@ def _map_on(runner, task, params_json: str):
 
     def map_proposals(jobs: list[ProposalJob]) -> list[ProposalResult | None]:
         futures = [runner.submit(task, parameters={
-            "params_json": params_json, "parent_checkpoint": job.parent_checkpoint, "plan": job.plan.__dict__,
+            "params_json": params_json, "parent_checkpoint": job.parent_checkpoint, "plan": job.plan.model_dump(),
             "out_path": job.out_path, "key": job.key, "journal": job.journal, "steps": job.steps,
             "resume_from": job.resume_from, "screening_round": job.screening_round}) for job in jobs]
         results: list[ProposalResult | None] = []
         for job, future in zip(jobs, futures):
             future.wait()
             if future.state.is_completed():
-                results.append(result_from_dict(future.result()))
+                results.append(ProposalResult.from_record(future.result()))
             else:
                 logger.warning(f"proposal for {job.plan.group} failed after retries; skipped: {future.state.message}")
                 results.append(None)

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from netadapt_core.adapt import ProposalResult, plan_from_dict, run_proposal
+from netadapt_core.adapt import ProposalPlan, run_proposal
 from netadapt_core.config import DataConfig, Params
 from netadapt_core.data import DataBundle, load_data
 
@@ -34,11 +34,7 @@ def make_proposal(params_json: str, parent_checkpoint: str, plan: dict[str, Any]
     score on the holdout set."""
     params = Params.model_validate_json(params_json)
     data = _data(params.data.model_dump_json())
-    result = run_proposal(params, data, parent_checkpoint, plan_from_dict(plan), out_path, key, journal,
+    result = run_proposal(params, data, parent_checkpoint, ProposalPlan.from_record(plan), out_path, key, journal,
                           steps, resume_from, screening_round)
     return result.to_dict()
 
-
-def result_from_dict(record: dict[str, Any]) -> ProposalResult:
-    return ProposalResult(plan_from_dict(record), record["checkpoint"], record["holdout_accuracy"],
-                          record["train_seconds"])

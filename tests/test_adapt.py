@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.adapt import adapt_flow
 from netadapt_core.adapt import (
     BudgetUnreachableError,
     ProposalPlan,
@@ -15,14 +16,14 @@ from netadapt_core.adapt import (
 from netadapt_core.checkpoint import file_sha256, load_checkpoint
 from netadapt_core.config import ConfigError
 from netadapt_core.lut import channel_grid
-from flows.adapt import adapt_flow
 from netadapt_core.resources import Budget, count_macs_params
 from netadapt_core.schedule import budgets
 from netadapt_core.surgery import prune_group
 
 
 def _result(group, acc, ms):
-    return ProposalResult(ProposalPlan(0, group, 16, 8, ms, 0), f"{group}.pt", acc, 0.0)
+    plan = ProposalPlan(iteration=0, group=group, channels_before=16, channels_after=8, estimated_ms=ms, seed=0)
+    return ProposalResult(plan=plan, checkpoint=f"{group}.pt", holdout_accuracy=acc, train_seconds=0.0)
 
 
 def test_pick_best_rules():
@@ -68,7 +69,7 @@ def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
 def _state(params):
     from netadapt_core.adapt import RunState
 
-    return RunState(**json.loads((Path(params.adapt.run_dir) / "state.json").read_text()))
+    return RunState.load(Path(params.adapt.run_dir) / "state.json")
 
 
 def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):

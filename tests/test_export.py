@@ -190,8 +190,7 @@ def test_export_settings_are_validated():
 
 
 def _adapt_and_finetune(params, finetune: bool = True) -> None:
-    from netadapt_core.adapt import make_context, open_run
-    from netadapt_core.adapt import NetAdapt
+    from netadapt_core.adapt import NetAdapt, make_context, open_run
     from netadapt_core.stages import run_finetune
 
     ctx = make_context(params, log=lambda _: None)
@@ -259,7 +258,7 @@ def test_cli_export_logs_the_files_to_the_adaptations_mlflow_run(run_params, tmp
     params = _stage_params(run_params, "tracking.enabled=true", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     _adapt_and_finetune(params)
     run_dir = Path(params.adapt.run_dir)
-    state = RunState(**json.loads((run_dir / "state.json").read_text()))
+    state = RunState.load(run_dir / "state.json")
     AdaptTracker.start(params, run_dir, state, "test")  # what adapt_flow does
     path = write_params(params, tmp_path / "params.yaml")
     env = {"PREFECT_HOME": str(tmp_path / "prefect")}

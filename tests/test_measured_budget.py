@@ -8,13 +8,13 @@ whole networks that run slower than the LUT predicts by a factor that grows as t
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import simulated_platform
 
 from netadapt_core.adapt import (
+    NetAdapt,
     ProposalPlan,
     RunState,
     group_options,
@@ -26,7 +26,6 @@ from netadapt_core.adapt import (
 )
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.latency_model import LatencyModel, LatencyPoint
-from netadapt_core.adapt import NetAdapt
 from netadapt_core.stages import run_lut
 from netadapt_core.surgery import prunable_groups, prune_group
 
@@ -57,7 +56,7 @@ def sim_context(params, log=print):
 
 
 def json_state(run_dir: Path) -> RunState:
-    return RunState(**json.loads((run_dir / "state.json").read_text()))
+    return RunState.load(run_dir / "state.json")
 
 
 def smallest(ctx, model):
@@ -205,8 +204,8 @@ def test_a_pick_measured_off_in_a_busy_moment_is_measured_again(sim_params):
     assert platform.network_calls == calls + 2  # the first look, then one against the parent
     # a first look that agrees with what was expected costs no second measurement
     model, _, _ = load_checkpoint(record["checkpoint"])
-    checked = ProposalPlan(0, record["group"], record["channels_before"], record["channels_after"], truth, 0,
-                           verified_ms=truth)
+    checked = ProposalPlan(iteration=0, group=record["group"], channels_before=record["channels_before"],
+                           channels_after=record["channels_after"], estimated_ms=truth, seed=0, verified_ms=truth)
     calls = platform.network_calls
     point, slower = loop._measure_pick(model, checked, state.baseline)
     assert slower is None and "measured_estimates_ms" not in point and point["measured_ms"] == pytest.approx(truth)
@@ -236,8 +235,8 @@ def test_unreachable_by_measurement_ends_unmet_with_the_cause(sim_params):
 
 def test_proposal_key_ignores_the_latency_estimate(run_params):
     params = run_params()
-    plan = ProposalPlan(0, "stem.0", 8, 4, 1.0, 7)
-    moved = ProposalPlan(0, "stem.0", 8, 4, 1.2, 7, verified_ms=1.1)
+    plan = ProposalPlan(iteration=0, group="stem.0", channels_before=8, channels_after=4, estimated_ms=1.0, seed=7)
+    moved = plan.model_copy(update={"estimated_ms": 1.2, "verified_ms": 1.1})
     assert proposal_key(params, "abc", plan) == proposal_key(params, "abc", moved)
-    assert proposal_key(params, "abc", plan) != proposal_key(params, "abc", ProposalPlan(0, "stem.0", 8, 0, 1.0, 7))
+    assert proposal_key(params, "abc", plan) != proposal_key(params, "abc", plan.model_copy(update={"channels_after": 0}))
 

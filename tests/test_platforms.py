@@ -3,7 +3,6 @@ platform through the stand-in device script, and torch-cuda where a GPU is prese
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -254,7 +253,7 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     run_lut(params, log=lambda _: None)
     assert LatencyLUT.load(params.lut.path).platform["platform"] == "onnxruntime-cpu"
     summary = run_flow(adapt_flow, params)
-    state = RunState(**json.loads((Path(params.adapt.run_dir) / "state.json").read_text()))
+    state = RunState.load(Path(params.adapt.run_dir) / "state.json")
     limit = 0.7 * state.baseline["measured_ms"]
     assert summary["status"] == "done" and state.iterations
     assert state.iterations[-1]["measured_ms"] <= limit < state.baseline["measured_ms"]

@@ -25,7 +25,6 @@ from .plan import (
     ProposalPlan,
     check_reachable,
     group_options,
-    plan_from_dict,
     plan_proposals,
     smallest_network,
     unreachable_error,
@@ -58,6 +57,6 @@ __all__ = [
     "OnIteration", "ProposalJob", "ProposalPlan", "ProposalResult", "RunState", "adapt_config_hash",
     "architecture", "check_pretrained", "check_reachable", "describe_iteration", "finished_proposal",
     "group_options", "halving_schedule", "lock_run_dir", "make_context", "measure_point", "open_estimator",
-    "open_run", "pick_best", "plan_from_dict", "plan_proposals", "proposal_key", "proposal_path",
+    "open_run", "pick_best", "plan_proposals", "proposal_key", "proposal_path",
     "rank_proposals", "run_proposal", "smallest_network", "unreachable_error",
 ]

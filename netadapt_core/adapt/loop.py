@@ -37,7 +37,7 @@ from ..resources import Budget, format_value
 from ..schedule import reduction
 from ..surgery import PrunableGroup, prunable_groups
 from .context import Context, measure_point
-from .plan import GroupEstimates, ProposalPlan, group_options, plan_from_dict, plan_proposals
+from .plan import GroupEstimates, ProposalPlan, group_options, plan_proposals
 from .proposal import (
     JOURNAL_FILE,
     ProposalResult,
@@ -83,7 +83,7 @@ class IterationPlan:
 
     def to_dict(self, parent_sha256: str) -> dict[str, Any]:
         return {"iteration": self.iteration, "resource": self.resource, "target": self.target, "note": self.note,
-                "parent_sha256": parent_sha256, "plans": [p.__dict__ for p in self.plans]}
+                "parent_sha256": parent_sha256, "plans": [p.model_dump() for p in self.plans]}
 
 
 class NetAdapt:
@@ -198,7 +198,7 @@ class NetAdapt:
         if pending and pending["iteration"] == len(state.iterations) \
                 and pending["parent_sha256"] == parent["checkpoint_sha256"]:
             return IterationPlan(pending["iteration"], pending["resource"], pending["target"],
-                                 [plan_from_dict(p) for p in pending["plans"]], pending["note"])
+                                 [ProposalPlan.from_record(p) for p in pending["plans"]], pending["note"])
         step = self._plan_fresh()
         state.pending = step.to_dict(parent["checkpoint_sha256"]) if step.plans else None
         state.save(self.run_dir)
@@ -294,7 +294,7 @@ class NetAdapt:
                     lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured,
                     parent_lut_ms=parent_lut_ms, parent_measured_ms=parent_ms,
                     predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
-                checked[k] = replace(candidate, verified_ms=measured)
+                checked[k] = candidate.model_copy(update={"verified_ms": measured})
                 if measured > target and index + 1 < len(options):
                     todo[k] = (options, index + 1)  # over the target: one grid step narrower
         verified = [p for p in checked if p.verified_ms is not None]

@@ -5,9 +5,9 @@ the check that the budget is reachable at all."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..config import ConfigError
@@ -23,10 +23,14 @@ class BudgetUnreachableError(NetAdaptError, RuntimeError):
     """No network the LUT grid allows can meet the budget."""
 
 
-@dataclass(frozen=True)
-class ProposalPlan:
+class ProposalPlan(BaseModel):
     """What one proposal will do: remove ``n_remove`` filters of group ``group``, the fewest that
-    meet the iteration's target on ``resource``; its estimated latency (LUT), MACs and parameters."""
+    meet the iteration's target on ``resource``; its estimated latency (LUT), MACs and parameters.
+
+    A record of its own (``model_dump`` / ``from_record``): it travels to workers as JSON, sits in
+    the run state's pending plan, and is kept in every proposal's record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     iteration: int
     group: str
@@ -39,6 +43,11 @@ class ProposalPlan:
     estimated_params: int = 0
     verified_ms: float | None = None  # measured before training (adapt.verify), interleaved with the parent
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ProposalPlan:
+        """A plan from a record that may hold more keys (a proposal's result) or, from older runs, fewer."""
+        return cls.model_validate({k: record[k] for k in cls.model_fields if k in record})
+
     @property
     def latency_ms(self) -> float:
         """The best knowledge of the candidate's latency: measured if it was, else predicted."""
@@ -50,11 +59,6 @@ class ProposalPlan:
 
     def estimates(self) -> dict[str, float]:
         return {"latency": self.latency_ms, "macs": self.estimated_macs, "params": self.estimated_params}
-
-
-def plan_from_dict(record: dict[str, Any]) -> ProposalPlan:
-    """A plan from a record that may hold more keys (a result) or, from older runs, fewer."""
-    return ProposalPlan(**{k: record[k] for k in ProposalPlan.__dataclass_fields__ if k in record})
 
 
 class GroupEstimates:
@@ -130,8 +134,9 @@ class GroupEstimates:
                              "building every variant of this group")
                 self.template, self.misread = None, True
                 self.cache = {k: v for k, v in self.cache.items() if k[1] != "latency"}
-        return ProposalPlan(iteration, self.group, self.channels, channels, self(channels, "latency"), seed,
-                            self.resource, macs, params)
+        return ProposalPlan(iteration=iteration, group=self.group, channels_before=self.channels,
+                            channels_after=channels, estimated_ms=self(channels, "latency"), seed=seed,
+                            resource=self.resource, estimated_macs=macs, estimated_params=params)
 
 
 def group_options(ctx: Context, group) -> list[int]:

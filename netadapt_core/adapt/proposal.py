@@ -8,9 +8,10 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from .. import faults
 from ..checkpoint import (
@@ -23,7 +24,7 @@ from ..config import AdaptConfig, Params
 from ..data import DataBundle
 from ..surgery import prune_group
 from ..training import evaluate, train
-from .plan import ProposalPlan, plan_from_dict
+from .plan import ProposalPlan
 
 # the adapt settings a proposal's training reads (its cache key), and those a run's result does not
 # depend on (runners, paths): declared beside each setting (AdaptConfig.ROLES)
@@ -33,16 +34,28 @@ PROPOSAL_SETTINGS = AdaptConfig.with_role("proposal")
 JOURNAL_FILE = "executions.jsonl"
 
 
-@dataclass(frozen=True)
-class ProposalResult:
+class ProposalResult(BaseModel):
+    """A finished proposal: its plan, checkpoint, holdout accuracy and training time. Stored flat
+    (the plan's fields beside the result's, ``to_dict`` / ``from_record``) in proposal records,
+    task results and the iteration record's ``proposals``."""
+
+    model_config = ConfigDict(frozen=True)
+
     plan: ProposalPlan
     checkpoint: str
     holdout_accuracy: float
     train_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.plan), "checkpoint": self.checkpoint,
+        return {**self.plan.model_dump(), "checkpoint": self.checkpoint,
                 "holdout_accuracy": self.holdout_accuracy, "train_seconds": self.train_seconds}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ProposalResult:
+        """From ``to_dict``'s form (a proposal record may also nest its plan under ``plan``)."""
+        plan = record.get("plan", record)
+        return cls(plan=ProposalPlan.from_record(plan), checkpoint=record["checkpoint"],
+                   holdout_accuracy=record["holdout_accuracy"], train_seconds=record["train_seconds"])
 
 
 def proposal_key(params: Params, parent_sha256: str, plan: ProposalPlan) -> str:
@@ -66,8 +79,7 @@ def finished_proposal(out_path: str | Path, key: str) -> ProposalResult | None:
         record = json.loads(record_path.read_text())
         if record["key"] != key or file_sha256(record["checkpoint"]) != record["checkpoint_sha256"]:
             return None
-        return ProposalResult(plan_from_dict(record["plan"]), record["checkpoint"],
-                              record["holdout_accuracy"], record["train_seconds"])
+        return ProposalResult.from_record(record)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -100,11 +112,11 @@ def run_proposal(params: Params, data: DataBundle, parent_checkpoint: str, plan:
     accuracy = evaluate(model, data.holdout, threads=cfg.threads, device=cfg.train_device,
                         channels_last=cfg.channels_last)
     faults.point("proposal-trained")
-    sha = save_checkpoint(out_path, model, arch, {"plan": asdict(plan), "holdout_accuracy": accuracy})
+    sha = save_checkpoint(out_path, model, arch, {"plan": plan.model_dump(), "holdout_accuracy": accuracy})
     faults.point("proposal-saved")
-    result = ProposalResult(plan, out_path, accuracy, stats.seconds)
+    result = ProposalResult(plan=plan, checkpoint=out_path, holdout_accuracy=accuracy, train_seconds=stats.seconds)
     atomic_write_json(Path(out_path).with_suffix(".json"),
-                      {**result.to_dict(), "plan": asdict(plan), "key": key, "checkpoint_sha256": sha,
+                      {**result.to_dict(), "plan": plan.model_dump(), "key": key, "checkpoint_sha256": sha,
                        "steps": steps, "screening_round": screening_round})
     if journal is not None:
         entry = {"iteration": plan.iteration, "group": plan.group, "key": key, "pid": os.getpid(),

@@ -7,9 +7,10 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..checkpoint import (
     RunStateError,
@@ -38,8 +39,7 @@ EXECUTION_SETTINGS = AdaptConfig.with_role("execution")
 START_PASSES = 3  # the start network, every budget's reference, is timed alone this often (fastest kept)
 
 
-@dataclass
-class RunState:
+class RunState(BaseModel):
     """``state.json`` of an adaptation run directory: rewritten atomically after each step.
 
     ``status``: running, done (every budget met), unmet (the loop could not go on; ``reason`` says
@@ -49,14 +49,27 @@ class RunState:
     proposals it had planned.
     """
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
     config_hash: str
     pretrained_sha256: str
     baseline: dict[str, Any]
-    iterations: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"
+    iterations: list[dict[str, Any]] = Field(default_factory=list)
+    status: Literal["running", "done", "unmet", "max_iterations"] = "running"
     reason: str | None = None
-    latency_points: list[dict[str, Any]] = field(default_factory=list)
+    latency_points: list[dict[str, Any]] = Field(default_factory=list)
     pending: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunState:
+        """The run state in ``path`` (which must exist); a damaged or foreign file is a
+        ``RunStateError`` naming it and the fix."""
+        raw = read_run_state(path)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise run_state_error(path, ValueError(
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))) from None
 
     def latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
         """A record's latency (``adapt.latency_source``): measured, or the LUT's."""
@@ -87,7 +100,7 @@ class RunState:
         return self.iterations[-1] if self.iterations else self.baseline
 
     def save(self, run_dir: Path) -> None:
-        atomic_write_json(run_dir / STATE_FILE, asdict(self))
+        atomic_write_json(run_dir / STATE_FILE, self.model_dump(mode="json"))
 
 
 def adapt_config_hash(params: Params) -> str:
@@ -143,11 +156,11 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         try:
-            old = RunState(**read_run_state(state_path))
-        except (RunStateError, TypeError) as exc:
+            old = RunState.load(state_path)
+        except RunStateError:
             if not params.adapt.fresh:
-                raise exc if isinstance(exc, RunStateError) else run_state_error(state_path, exc) from None
-            old = RunState("damaged", "", {})  # adapt.fresh: moved aside below like any other run
+                raise
+            old = RunState(config_hash="damaged", pretrained_sha256="", baseline={})  # adapt.fresh: moved aside below like any other run
         same = old.config_hash == config_hash and old.pretrained_sha256 == pretrained_sha
         if same and not params.adapt.fresh:
             ctx.log(f"resuming {run_dir}: {len(old.iterations)} iteration(s) done")
@@ -179,13 +192,13 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
                                      channels_last=params.adapt.channels_last),
         **measure_point(ctx, model, passes=START_PASSES),
     }
-    probe = RunState(config_hash, pretrained_sha, baseline)
+    probe = RunState(config_hash=config_hash, pretrained_sha256=pretrained_sha, baseline=baseline)
     check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(baseline_ckpt, Path(params.pretrain.checkpoint).read_bytes())
     atomic_write_json(run_dir / "surgery.json", surgery)
     baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
-    state = RunState(config_hash, pretrained_sha, baseline)
+    state = RunState(config_hash=config_hash, pretrained_sha256=pretrained_sha, baseline=baseline)
     state.save(run_dir)
     ctx.estimator.save()
     return run_dir, state

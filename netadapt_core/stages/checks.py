@@ -21,7 +21,6 @@ from ..checkpoint import (
     check_writable,
     check_writable_dir,
     load_checkpoint,
-    read_run_state,
     run_state_error,
 )
 from ..config import Params
@@ -152,9 +151,8 @@ def load_run_state(params: Params) -> RunState:
     path = Path(params.adapt.run_dir) / STATE_FILE
     if not path.is_file():
         raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
-    raw = read_run_state(path)
+    state = RunState.load(path)
     try:
-        state = RunState(**raw)
         _check_iteration_records(state.iterations)
     except (TypeError, KeyError) as exc:
         raise run_state_error(path, exc) from None
