@@ -38,12 +38,12 @@ import torch_pruning as tp
 from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import load_params
 from netadapt_core.data import load_data
-from netadapt_core.export import finetuned_checkpoint
 from netadapt_core.lut import LatencyLUT, uniform_variant
 from netadapt_core.models import build_model
 from netadapt_core.models.sources import output_layer
 from netadapt_core.platforms import cpu_model, make_platform, measure_relative
 from netadapt_core.resources import count_macs_params
+from netadapt_core.stages import finetuned_checkpoint
 from netadapt_core.training import evaluate, steps_for_epochs, train
 
 

@@ -21,10 +21,12 @@ from netadapt_core.adapt import STATE_FILE, check_pretrained, open_estimator
 from netadapt_core.checkpoint import load_checkpoint, read_run_state
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError, StageOrderError
-from netadapt_core.export import finetuned_checkpoint
+from netadapt_core.export import MANIFEST
 from netadapt_core.platforms import ALLOCATOR_ENV
+from netadapt_core.stages import finetuned_checkpoint
 from netadapt_core.training import resolve_device
 
+from .dvc_lock import record_in_dvc
 from .tracking import check_tracking
 
 EXIT_UNMET = 3  # the adaptation ran to its end (files and reports written) without meeting a budget
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in ("lut", "adapt", "all"):
             _reexec_with_allocator_settings(argv)
         run_stage(args.stage, params_path, args.overrides, args.check)
+        if not (args.check and args.stage == "export"):  # export --check writes nothing
+            params = load_params(params_path, args.overrides)
+            record_in_dvc(f"{args.stage} --check" if args.check else args.stage, params_path, args.overrides,
+                          export_done=Path(params.export.out_dir, MANIFEST).is_file())
         if args.stage in ("adapt", "all"):
             reason = unmet_budget(load_params(params_path, args.overrides))
             if reason:

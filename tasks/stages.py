@@ -1,5 +1,5 @@
 """Tasks for the stages around the adaptation: each wraps one ``netadapt_core.stages`` function
-(``export``: ``netadapt_core.export.run_export``).
+(``export``: ``netadapt_core.stages.run_export``).
 
 Their outputs are files named in ``params.yaml``; they return small JSON-able records. Caching of
 these is by content inside the stage (pretrain skips a matching checkpoint, the LUT build reuses
@@ -15,7 +15,6 @@ from prefect.cache_policies import NO_CACHE
 
 from netadapt_core import stages
 from netadapt_core.config import Params
-from netadapt_core.export import run_export
 
 
 @task(name="data", cache_policy=NO_CACHE)
@@ -45,7 +44,7 @@ def finetune(params: Params) -> list[dict[str, Any]]:
 
 @task(name="export", cache_policy=NO_CACHE)
 def export(params: Params, check: bool = False) -> dict[str, Any]:
-    return run_export(params, check=check)
+    return stages.run_export(params, check=check)
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -243,3 +243,30 @@ def test_a_width_template_that_misreads_the_network_falls_back_to_built_networks
     # feasibility test, is always a built network (the template's probe)
     assert [(p.group, p.channels_after, p.estimated_ms) for p in misread] == \
         [(p.group, p.channels_after, pytest.approx(p.estimated_ms)) for p in reference]
+
+
+def test_a_finished_proposal_is_read_from_its_record_and_a_damaged_one_is_trained_again_with_a_warning(
+        tmp_path, caplog):
+    import json
+    import logging
+
+    from netadapt_core.adapt import finished_proposal
+    from netadapt_core.checkpoint import file_sha256
+
+    result = _result("stem.0", 0.8, 1.5)
+    out = tmp_path / "stem.0.pt"
+    out.write_bytes(b"weights")
+    record = {**result.to_dict(), "checkpoint": str(out), "plan": result.plan.model_dump(), "key": "k1",
+              "checkpoint_sha256": file_sha256(out)}
+    (tmp_path / "stem.0.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="netadapt"):
+        found = finished_proposal(out, "k1")
+        assert found is not None and found.plan == result.plan and found.holdout_accuracy == 0.8
+        assert finished_proposal(out, "other-key") is None and not caplog.records  # not this proposal
+        out.write_bytes(b"weights, changed")
+        assert finished_proposal(out, "k1") is None
+        (tmp_path / "stem.0.json").write_text(json.dumps(record)[:40])
+        assert finished_proposal(out, "k1") is None
+    assert [r.getMessage().split(" is damaged")[0] for r in caplog.records] == \
+        [f"proposal record {tmp_path / 'stem.0.json'}"] * 2
+    assert "differs from the one recorded" in caplog.records[0].getMessage()

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PATH_KEYS = ("pretrain.checkpoint", "lut.path", "lut.on_demand_path", "adapt.run_dir", "finetune.out_dir", "export.out_dir", "report.", "tracking.uri")
 
 
-@pytest.mark.slow
-def test_dvc_repro_reruns_only_what_changed_and_round_trips(tmp_path, data_root):
+def _repo_copy(tmp_path, data_root):
+    """The repository's files in a throw-away folder, with tiny settings in its params.yaml; and a
+    ``run`` that runs a command there with this environment's dvc and netadapt."""
     repo = tmp_path / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -40,6 +41,12 @@ def test_dvc_repro_reruns_only_what_changed_and_round_trips(tmp_path, data_root)
 
     run("git", "init", "-q")
     assert (repo / ".dvc/config").is_file()  # the repository ships initialised for DVC
+    return repo, run
+
+
+@pytest.mark.slow
+def test_dvc_repro_reruns_only_what_changed_and_round_trips(tmp_path, data_root):
+    repo, run = _repo_copy(tmp_path, data_root)
     first = run("dvc", "repro")
     assert "Running stage 'adapt'" in first.stdout
     metrics = json.loads((repo / "reports/metrics.json").read_text())
@@ -82,6 +89,28 @@ def test_each_dvc_stage_depends_on_its_own_code_and_every_dependency_exists():
         code = [d for d in deps if d.startswith(("netadapt_core", "flows", "tasks"))]
         for path in code:
             assert (root / path).exists(), f"dvc.yaml stage {name}: {path} does not exist"
-        own = {"adapt": "netadapt_core/adapt", "export": "netadapt_core/export.py"}.get(
+        own = {"adapt": "netadapt_core/adapt", }.get(
             name, f"netadapt_core/stages/{name}.py")
         assert own in code, f"dvc.yaml stage {name} does not list its own code {own}"
+
+
+@pytest.mark.slow
+def test_netadapt_all_records_its_stages_so_dvc_repro_does_not_redo_them(tmp_path, data_root):
+    repo, run = _repo_copy(tmp_path, data_root)
+    done = run("netadapt", "all")
+    assert "recorded in dvc.lock" in done.stdout + done.stderr
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert set(locked) == set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    assert "up to date" in run("dvc", "status").stdout
+    assert "Running stage" not in run("dvc", "repro").stdout  # nothing redone
+    # a stage run alone is recorded too (what depends on its outputs is then out of date, as it is),
+    # and with --set nothing is recorded (dvc reads params.yaml)
+    tree = yaml.safe_load((repo / "params.yaml").read_text())
+    tree["finetune"]["epochs"] = 0.25
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    assert "finetune:" in run("dvc", "status").stdout
+    run("netadapt", "finetune")
+    status = run("dvc", "status").stdout
+    assert "finetune:" not in status and "report:" in status
+    other = run("netadapt", "finetune", "--set", "finetune.epochs=0.5")
+    assert "dvc.lock not updated" in other.stdout + other.stderr

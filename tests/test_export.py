@@ -28,11 +28,11 @@ from netadapt_core.export import (
     check_export,
     export_network,
     reference_outputs,
-    run_export,
     sample_images,
     verify_file,
 )
 from netadapt_core.layers import channel_spec
+from netadapt_core.stages import run_export
 from netadapt_core.surgery import prunable_groups, prune_group
 
 ALL_FILES = {*FILES.values(), CHANNELS, MANIFEST}

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from netadapt_core.adapt import architecture
 from netadapt_core.checkpoint import Architecture
@@ -246,3 +247,25 @@ def test_lut_check_times_again_a_session_whose_start_was_disturbed(tiny_params, 
     rows = list(csv.DictReader(open(tmp_path / "check.csv")))
     starts = [float(r["start_raw_ms"]) for r in rows]
     assert max(starts) < 1.3 * min(starts)
+
+
+def test_two_writers_of_one_overlay_keep_each_others_entries(tiny_lut, tmp_path):
+    """Two adaptations (or an adaptation and `lut --check`) share lut.on_demand_path: the second to
+    save must not drop what the first measured."""
+    overlay = tmp_path / "on_demand.json"
+    platform = CountingPlatform()
+    a, b = (LatencyEstimator(LatencyLUT.load(tiny_lut), platform, (1, 8, 8), True) for _ in range(2))
+    a.attach(overlay)
+    b.attach(overlay)  # both attached before either saved
+    a.fill(layer_uses(nn.Sequential(nn.Conv2d(1, 5, 3)), (1, 8, 8), 1))
+    b.fill(layer_uses(nn.Sequential(nn.Conv2d(1, 7, 3)), (1, 8, 8), 1))
+    a.save()
+    b.save()
+    reader = LatencyEstimator(LatencyLUT.load(tiny_lut), platform, (1, 8, 8), False)
+    reader.attach(overlay)
+    assert set(reader.added) == set(a.added) | set(b.added) and len(reader.added) == 2
+    overlay.write_text("{broken")  # damaged meanwhile: a writer still saves what it measured
+    a.save()
+    reader = LatencyEstimator(LatencyLUT.load(tiny_lut), platform, (1, 8, 8), False)
+    reader.attach(overlay)
+    assert set(reader.added) == set(a.added)

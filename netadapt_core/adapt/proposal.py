@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ from ..surgery import prune_group
 from ..training import evaluate, train
 from .plan import ProposalPlan
 
-# the adapt settings a proposal's training reads (its cache key), and those a run's result does not
-# depend on (runners, paths): declared beside each setting (AdaptConfig.ROLES)
+LOG = logging.getLogger("netadapt")
+# the adapt settings a proposal's training reads (its cache key): declared beside each setting
+# (AdaptConfig.ROLES)
 PROPOSAL_SETTINGS = AdaptConfig.with_role("proposal")
 
 
@@ -77,10 +79,14 @@ def finished_proposal(out_path: str | Path, key: str) -> ProposalResult | None:
         return None
     try:
         record = json.loads(record_path.read_text())
-        if record["key"] != key or file_sha256(record["checkpoint"]) != record["checkpoint_sha256"]:
-            return None
+        if record["key"] != key:
+            return None  # planned with other settings or another parent: not this proposal
+        if file_sha256(record["checkpoint"]) != record["checkpoint_sha256"]:
+            raise ValueError(f"checkpoint {record['checkpoint']} differs from the one recorded")
         return ProposalResult.from_record(record)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        LOG.warning("proposal record %s is damaged (%s: %s); the proposal is trained again",
+                    record_path, type(exc).__name__, exc)
         return None
 
 

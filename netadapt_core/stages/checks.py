@@ -26,13 +26,14 @@ from ..checkpoint import (
 from ..config import Params
 from ..data import check_data
 from ..errors import StageOrderError
-from ..export import MANIFEST, finetuned_checkpoint
+from ..export import MANIFEST
 from ..models import check_network
 from ..models.weights import load_weights
 from ..platforms import make_platform
 from ..resources import count_macs_params
 from ..schedule import budgets as resolve_budgets
 from .common import Log
+from .export import finetuned_checkpoint
 from .pretrain import pretrain_hash, pretrained_up_to_date
 
 # what each stage writes: (setting, names a folder); ``lut_check`` is ``netadapt lut --check``
