@@ -469,7 +469,7 @@ class TrackingConfig(_Section):
     connect_timeout_s: float = Field(5.0, gt=0, description="how long to wait for a tracking server")
 
 
-ExportFormat = Literal["onnx", "torch_export", "torchscript"]
+ExportFormat = Literal["onnx", "torch_export", "torchscript", "executorch"]
 
 
 class ExportConfig(_Section):
@@ -478,7 +478,8 @@ class ExportConfig(_Section):
     out_dir: str = Field("artifacts/export", description="folder of the exported files and export.json")
     formats: list[ExportFormat] = Field(
         default_factory=lambda: ["onnx", "torch_export", "torchscript"], min_length=1,
-        description="onnx (model.onnx), torch_export (model.pt2), torchscript (model.torchscript.pt)",
+        description="onnx (model.onnx), torch_export (model.pt2), torchscript (model.torchscript.pt), "
+                    "executorch (model.pte: ExecuTorch, XNNPACK)",
     )
     rtol: float = Field(1e-3, ge=0, description="an output may differ from PyTorch's by atol + rtol * |output|")
     atol: float = Field(1e-4, ge=0)

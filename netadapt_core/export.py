@@ -7,6 +7,8 @@ runs it on the final fine-tuned network).
   ``input`` (N, C, H, W) float32, output ``output`` (N, classes), the batch dimension dynamic;
 - ``model.pt2``: ``torch.export`` program (``torch.export.load(path).module()``), batch dynamic;
 - ``model.torchscript.pt``: ``torch.jit.trace`` (``torch.jit.load(path)``);
+- ``model.pte``: an ExecuTorch program lowered to XNNPACK (PyTorch's on-device runtime, for Android
+  and iOS apps; ``executorch.runtime.Runtime.get().load_program(...)``), batch dynamic up to 256;
 - ``channels.json``: the architecture record and per-layer channel spec of the checkpoint, which
   rebuild the network in netadapt (``Architecture.build`` + ``apply_channel_spec``);
 - ``export.json``: the manifest: every file with its sha256 and size, each model file's largest
@@ -49,14 +51,15 @@ from .config import DataConfig, ExportConfig, Params
 from .data import _STATS, load_data
 from .errors import NetAdaptError, StageOrderError
 from .layers import channel_spec
-from .platforms import cpu_model, export_onnx
+from .platforms import LoadedProgram, cpu_model, export_onnx, lower_to_executorch
 
 Log = Callable[[str], None]
 
 MANIFEST = "export.json"
 CHANNELS = "channels.json"
 MANIFEST_FORMAT = "netadapt-export/1"
-FILES = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.torchscript.pt"}
+FILES = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.torchscript.pt",
+         "executorch": "model.pte"}
 STAGING = ".staging"
 
 
@@ -138,8 +141,13 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, cfg: ExportConf
     return buffer.getvalue()
 
 
+def _export_executorch(model: nn.Module, example: torch.Tensor, cfg: ExportConfig) -> bytes:
+    return lower_to_executorch(model, tuple(example.shape), "xnnpack", dynamic_batch=True)
+
+
 EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, ExportConfig], bytes]] = {
     "onnx": _export_onnx, "torch_export": _export_program, "torchscript": _export_torchscript,
+    "executorch": _export_executorch,
 }
 
 
@@ -178,10 +186,16 @@ def _load_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return run
 
 
+def _load_executorch(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    method = LoadedProgram(path.read_bytes())
+    return lambda x: method.execute([x.contiguous()])[0].numpy()
+
+
 LOADERS: dict[str, tuple[str, Callable[[Path], Callable[[torch.Tensor], np.ndarray]]]] = {
     "onnx": ("onnxruntime.InferenceSession", _load_onnx),
     "torch_export": ("torch.export.load", _load_program),
     "torchscript": ("torch.jit.load", _load_torchscript),
+    "executorch": ("executorch.runtime (XNNPACK)", _load_executorch),
 }
 
 

@@ -36,6 +36,7 @@ from netadapt_core.stages import run_export
 from netadapt_core.surgery import prunable_groups, prune_group
 
 ALL_FILES = {*FILES.values(), CHANNELS, MANIFEST}
+DEFAULT_FILES = {*(FILES[f] for f in ExportConfig().formats), CHANNELS, MANIFEST}  # what `netadapt export` writes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def adapted(pretrained):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, adapted, samples):
     model, arch = adapted
-    cfg = ExportConfig(out_dir=str(tmp_path_factory.mktemp("export")))
+    cfg = ExportConfig(out_dir=str(tmp_path_factory.mktemp("export")), formats=list(FILES))  # every format
     manifest = export_network(model, arch, samples, cfg, {"checkpoint": "test"}, log=lambda _: None)
     return Path(cfg.out_dir), manifest, cfg
 
@@ -67,6 +68,10 @@ def _outputs(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(["output"], {"input": x.numpy()})[0]
+    if fmt == "executorch":
+        from executorch.runtime import Runtime
+
+        return Runtime.get().load_program(path).load_method("forward").execute([x])[0].numpy()
     with torch.no_grad():
         if fmt == "torch_export":
             return torch.export.load(str(path)).module()(x).numpy()
@@ -170,7 +175,7 @@ def test_an_export_that_changes_the_network_or_fails_is_refused_and_nothing_repl
                        log=lambda _: None)
     assert not isinstance(err.value, ExportMismatchError)
     assert "cannot export this network" in str(err.value) and "to torch_export" in str(err.value)
-    assert "export.formats=[onnx, torchscript]" in str(err.value)
+    assert "export.formats=[onnx, torchscript, executorch]" in str(err.value)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # a good export afterwards replaces the staging folder; a dropped format's file goes
     export_network(model, arch, samples, cfg.model_copy(update={"formats": ["onnx"]}), log=lambda _: None)
@@ -219,7 +224,7 @@ def test_stage_exports_the_finetuned_final_network_and_refuses_without_one(run_p
     [result] = run_finetune(params, log=lambda _: None)
     manifest = run_export(params, log=lambda _: None)
     out = Path(params.export.out_dir)
-    assert {p.name for p in out.iterdir()} == ALL_FILES
+    assert {p.name for p in out.iterdir()} == DEFAULT_FILES
     source = manifest["source"]
     assert source["checkpoint"] == result["checkpoint"] and source["iteration"] == 1
     assert source["checkpoint_sha256"] == file_sha256(result["checkpoint"])
@@ -228,7 +233,7 @@ def test_stage_exports_the_finetuned_final_network_and_refuses_without_one(run_p
     channels = json.loads((out / CHANNELS).read_text())
     assert channels["channels"] == channel_spec(model)
     checked = run_export(params, log=lambda _: None, check=True)  # re-check writes nothing
-    assert set(checked) == set(FILES.values()) and all(c["max_abs_diff"] <= 1e-4 for c in checked.values())
+    assert set(checked) == DEFAULT_FILES - {CHANNELS, MANIFEST} and all(c["max_abs_diff"] <= 1e-4 for c in checked.values())
 
 
 def _netadapt(cwd, *args, env=None):
@@ -267,6 +272,6 @@ def test_cli_export_logs_the_files_to_the_adaptations_mlflow_run(run_params, tmp
     assert "model.onnx checked" in done.stdout + done.stderr
     run_id = json.loads((run_dir / RUN_FILE).read_text())["run_id"]
     logged = {a.path for a in MlflowClient(tracking_uri=params.tracking.uri).list_artifacts(run_id, "export")}
-    assert logged == {f"export/{name}" for name in ALL_FILES}
+    assert logged == {f"export/{name}" for name in DEFAULT_FILES}
     checked = _netadapt(tmp_path, "export", "--check", "--params", path, env=env)
     assert checked.returncode == 0 and "sha256 ok" in checked.stdout + checked.stderr

@@ -65,7 +65,7 @@ def _observed(root: Path, data_root: Path) -> dict[str, Any]:
     state = NetAdapt(ctx, run_dir, state).run()
     final = state.iterations[-1]
     return {
-        "settings": SETTINGS,
+        "settings": [s.replace(f"{GOLDEN.parent.parent}/", "") for s in SETTINGS],  # paths from the repository
         "status": state.status,
         "iterations": [{**_pick(r, ITERATION_FIELDS),
                         "proposals": [_pick(p, PROPOSAL_FIELDS) for p in r.get("proposals", [])]}

@@ -55,7 +55,7 @@ def tiny() -> nn.Module:
     return build_model("tiny_cnn", num_classes=10, in_channels=1, width_mult=4.0).eval()
 
 
-@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "command"])
+@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "executorch", "command"])
 def test_platform_measures_a_layer_and_a_network(name, tiny):
     cfg = stand_in_cfg() if name == "command" else platform_cfg(f"platform.name={name}")
     platform = make_platform(cfg)
@@ -143,9 +143,9 @@ def test_latency_line_format():
 def test_platform_settings_are_validated():
     with pytest.raises(ConfigError) as err:
         load_params(None, ["platform.name=tpu"])
-    for known in ("command", "onnxruntime-cpu", "torch-cpu", "torch-cuda"):
+    for known in ("command", "executorch", "onnxruntime-cpu", "torch-cpu", "torch-cuda"):
         assert known in str(err.value)
-    with pytest.raises(KeyError, match="known: command, onnxruntime-cpu, torch-cpu, torch-cuda"):
+    with pytest.raises(KeyError, match="known: command, executorch, onnxruntime-cpu, torch-cpu, torch-cuda"):
         PLATFORMS.get("tpu")
     with pytest.raises(ConfigError, match="needs platform.command.argv"):
         load_params(None, ["platform.name=command"])
@@ -173,7 +173,7 @@ def test_each_platform_validates_its_own_section_and_only_the_one_in_use_is_kept
         params, ["platform.torch-cuda.device=cuda:2"]).section_hash("platform")
     with pytest.raises(ConfigError, match="platform.onnxruntime-cpu.threads: unknown key"):
         load_params(None, ["platform.onnxruntime-cpu.threads=2"])
-    with pytest.raises(ConfigError, match=r"platform.tpu: unknown key.*\(command, onnxruntime-cpu"):
+    with pytest.raises(ConfigError, match=r"platform.tpu: unknown key.*\(command, executorch, onnxruntime-cpu"):
         load_params(None, ["platform.tpu.device=x"])
     with pytest.raises(ConfigError, match="platform.torch-cuda must be a mapping"):
         load_params(None, ["platform.torch-cuda=7"])
@@ -198,9 +198,11 @@ def test_torch_cpu_metadata_ignores_other_platforms_settings():
     assert make_platform(other).metadata() == make_platform(PlatformConfig()).metadata()
 
 
-def test_onnxruntime_lut_works_with_the_estimator(tiny, tmp_path):
+@pytest.mark.parametrize(("name", "step"), [("onnxruntime-cpu", 8), ("executorch", 32)])
+def test_a_compiled_graph_platform_lut_works_with_the_estimator(name, step, tiny, tmp_path):
+    """(ExecuTorch lowers each layer shape to a program, ~1 s each: a coarser grid keeps this short.)"""
     params = load_params(None, [
-        *FAST, "platform.name=onnxruntime-cpu", "lut.channel_step=8", "lut.min_channel_ratio=0.5",
+        *FAST, f"platform.name={name}", f"lut.channel_step={step}", "lut.min_channel_ratio=0.5",
         "lut.remeasure_rounds=0",
     ])
     platform = make_platform(params.platform)
@@ -208,7 +210,7 @@ def test_onnxruntime_lut_works_with_the_estimator(tiny, tmp_path):
     lut = build_lut(tiny, arch, SHAPE, platform, params.lut, log=lambda _: None)
     lut.save(tmp_path / "lut.json")
     lut.check_compatible(platform.metadata(), network_fingerprint(arch, SHAPE))
-    assert lut.platform["platform"] == "onnxruntime-cpu" and lut.entries
+    assert lut.platform["platform"] == name and lut.entries
     estimator = LatencyEstimator(lut, platform, SHAPE, measure_missing=True)
     smaller = uniform_variant(tiny, SHAPE, lut.grid, 0.5)
     full_ms, small_ms = estimator.estimate_ms(tiny), estimator.estimate_ms(smaller)
@@ -312,3 +314,23 @@ def _grid(model, ratio):
 
     return {g.id: {"original": g.channels, "min": min_channels(g.channels, ratio), "step": 8}
             for g in prunable_groups(model, SHAPE)}
+
+
+def test_executorch_lowers_a_network_once_however_often_it_is_timed(tiny, monkeypatch):
+    """Lowering a network takes seconds; the reference network is timed in every session."""
+    import copy
+
+    import netadapt_core.platforms.executorch_cpu as et
+
+    lowered = []
+    real = et.lower_to_executorch
+    monkeypatch.setattr(et, "lower_to_executorch", lambda *a, **k: lowered.append(1) or real(*a, **k))
+    platform = make_platform(platform_cfg("platform.name=executorch"))
+    platform.measure_networks([tiny, copy.deepcopy(tiny)], SHAPE, repeats=3)  # equal content: one program
+    platform.measure_network(tiny, SHAPE)
+    assert len(lowered) == 1
+    changed = copy.deepcopy(tiny)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    platform.measure_network(changed, SHAPE)  # other weights: another program
+    assert len(lowered) == 2

@@ -7,10 +7,13 @@ One module a platform, all satisfying ``base.Platform``:
 - ``onnxruntime``: ``onnxruntime-cpu``, the module exported to ONNX and run by an ONNX Runtime CPU
   session (``platform.onnxruntime-cpu.*``); ``onnx`` holds the export and the one-layer-graph
   correction every ONNX platform shares.
+- ``executorch_cpu``: ``executorch``, PyTorch's on-device runtime: the module lowered to ExecuTorch's
+  XNNPACK backend and run in its Python runtime on this CPU (``platform.executorch.backend``).
 - ``command``: the module exported to ONNX and timed by a user command (a phone over adb, a board
   over ssh) that prints the latency (``platform.command.*``).
 
-``timing`` is the shared harness (warm-up, samples of at least ``min_sample_ms``, interleaving,
+``graph`` holds the one-layer-graph correction every compiled-graph platform shares (ONNX,
+ExecuTorch); ``timing`` is the shared harness (warm-up, samples of at least ``min_sample_ms``, interleaving,
 medians). A new platform is one module: a ``PlatformBase`` subclass with its ``Settings`` model,
 registered here or by a plug-in with ``@PLATFORMS.register("name")``.
 """
@@ -30,6 +33,8 @@ from .base import (
     measure_relative,
 )
 from .command import CommandPlatform, CommandSettings, parse_latency
+from .executorch_cpu import ExecuTorchCPU, ExecuTorchSettings, LoadedProgram, lower_to_executorch
+from .graph import GraphPlatform
 from .onnx import OnnxGraphPlatform, OnnxSettings, export_onnx
 from .onnxruntime import OnnxRuntimeCPU, OnnxRuntimeSettings, l2_cache_bytes
 from .timing import time_callable, time_callables
@@ -40,6 +45,7 @@ PLATFORMS.register("torch-cpu")(TorchCPU)
 PLATFORMS.register("torch-cuda")(TorchCUDA)
 PLATFORMS.register("onnxruntime-cpu")(OnnxRuntimeCPU)
 PLATFORMS.register("command")(CommandPlatform)
+PLATFORMS.register("executorch")(ExecuTorchCPU)
 
 
 def make_platform(cfg: PlatformConfig) -> Platform:
@@ -47,9 +53,33 @@ def make_platform(cfg: PlatformConfig) -> Platform:
 
 
 __all__ = [
-    "ALLOCATOR_ENV", "PLATFORMS", "CommandPlatform", "CommandSettings", "Measurement", "OnnxGraphPlatform",
-    "OnnxRuntimeCPU", "OnnxRuntimeSettings", "OnnxSettings", "Platform", "PlatformBase", "PlatformError",
-    "TorchCPU", "TorchCUDA", "TorchCUDASettings", "cpu_model", "export_onnx", "host_metadata",
-    "l2_cache_bytes", "make_platform", "measure_relative", "parse_latency", "time_callable",
+    "ALLOCATOR_ENV",
+    "PLATFORMS",
+    "CommandPlatform",
+    "CommandSettings",
+    "ExecuTorchCPU",
+    "ExecuTorchSettings",
+    "GraphPlatform",
+    "LoadedProgram",
+    "Measurement",
+    "OnnxGraphPlatform",
+    "OnnxRuntimeCPU",
+    "OnnxRuntimeSettings",
+    "OnnxSettings",
+    "Platform",
+    "PlatformBase",
+    "PlatformError",
+    "TorchCPU",
+    "TorchCUDA",
+    "TorchCUDASettings",
+    "cpu_model",
+    "export_onnx",
+    "host_metadata",
+    "l2_cache_bytes",
+    "lower_to_executorch",
+    "make_platform",
+    "measure_relative",
+    "parse_latency",
+    "time_callable",
     "time_callables",
 ]
