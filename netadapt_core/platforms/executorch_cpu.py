@@ -30,7 +30,7 @@ from .onnxruntime import MAX_WEIGHT_COPIES, l2_cache_bytes
 from .timing import INTERLEAVED_MIN_SAMPLE_MS, PROBE_MIN_SAMPLE_MS, time_callables
 
 MAX_BATCH = 256  # the largest batch a program exported with a dynamic batch accepts
-PROGRAM_CACHE = 16  # lowered programs kept per platform, by content
+PROGRAM_CACHE = 64  # lowered programs kept per platform, by content (probes, networks)
 
 
 class ExecuTorchSettings(PlatformSettings):

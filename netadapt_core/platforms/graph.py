@@ -25,9 +25,13 @@ FUSED_AFTER_CONV: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.ReLU, nn.ReL
 
 
 def _probe(shape: tuple[int, ...]) -> nn.Module:
-    """A cheap shape-preserving layer that a runtime lays out like a network's convs."""
+    """A cheap shape-preserving layer that a runtime lays out like a network's convs; its weights
+    are fixed, so that a platform caching compiled programs by content compiles it once per shape."""
     if len(shape) == 4:
-        return nn.Conv2d(shape[1], shape[1], 3, padding=1, groups=shape[1], bias=False)
+        conv = nn.Conv2d(shape[1], shape[1], 3, padding=1, groups=shape[1], bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(0)))
+        return conv
     return nn.ReLU()
 
 
