@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from netadapt_core.adapt import STATE_FILE
+from netadapt_core.adapt import STATE_FILE, architecture
 from netadapt_core.checkpoint import load_checkpoint, read_run_state
 from netadapt_core.config import load_params
 from netadapt_core.platforms import ALLOCATOR_ENV, cpu_model, make_platform
@@ -45,9 +45,9 @@ def main() -> None:
         if not state["iterations"]:
             print(f"{path}: the adaptation ended before its first iteration; left out")
             continue
-        final, _, meta = load_checkpoint(state["iterations"][-1]["checkpoint"])
+        final, _, _ = load_checkpoint(state["iterations"][-1]["checkpoint"])
         start, _, _ = load_checkpoint(state["baseline"]["checkpoint"])
-        runs.append((params.platform.name, params, final.eval(), start.eval(), tuple(meta["input_shape"])))
+        runs.append((params.platform.name, params, final.eval(), start.eval(), architecture(params)[1]))
     if not runs:
         sys.exit("no finished runs to compare")
     steady = all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
