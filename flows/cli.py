@@ -130,16 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     params_path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     _stop_on_request()
     try:
-        preflight(args.stage, load_params(params_path, args.overrides))  # fail before any work
+        params = load_params(params_path, args.overrides)
+        preflight(args.stage, params)  # fail before any work
         if args.stage in ("lut", "adapt", "all"):
             _reexec_with_allocator_settings(argv)
         run_stage(args.stage, params_path, args.overrides, args.check)
         if not (args.check and args.stage == "export"):  # export --check writes nothing
-            params = load_params(params_path, args.overrides)
             record_in_dvc(f"{args.stage} --check" if args.check else args.stage, params_path, args.overrides,
                           export_done=Path(params.export.out_dir, MANIFEST).is_file())
         if args.stage in ("adapt", "all"):
-            reason = unmet_budget(load_params(params_path, args.overrides))
+            reason = unmet_budget(params)
             if reason:
                 print(f"netadapt {args.stage}: budget not met: {reason}"
                       + (" (the closest network is fine-tuned and reported)" if args.stage == "all" else ""),

@@ -17,12 +17,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-# the dvc.yaml stages each CLI stage writes
-DVC_STAGES = {
-    "data": ["data"], "pretrain": ["pretrain"], "lut": ["lut"], "lut --check": ["lut_check"], "adapt": ["adapt"],
-    "finetune": ["finetune"], "export": ["export"], "report": ["report"],
-    "all": ["data", "pretrain", "lut", "adapt", "lut_check", "finetune", "export", "report"],
-}
+import yaml
+
+# the dvc.yaml stage a CLI stage writes where the names differ (``all``: every stage of dvc.yaml)
+DVC_NAMES = {"lut --check": "lut_check"}
 
 
 def record_in_dvc(stage: str, params_path: str | None, overrides: list[str], export_done: bool = True,
@@ -33,7 +31,13 @@ def record_in_dvc(stage: str, params_path: str | None, overrides: list[str], exp
         return False  # running as a stage of `dvc repro`, which records it
     if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
         return False
-    names = [n for n in DVC_STAGES.get(stage, []) if export_done or n != "export"]
+    try:
+        stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        log(f"dvc: dvc.lock not updated: dvc.yaml cannot be read ({type(exc).__name__}: {exc})")
+        return False
+    names = stages if stage == "all" else [n for n in [DVC_NAMES.get(stage, stage)] if n in stages]
+    names = [n for n in names if export_done or n != "export"]
     if not names:
         return False
     if overrides or params_path is None or Path(params_path).resolve() != (root / "params.yaml").resolve():

@@ -34,9 +34,9 @@ from .base import (
 )
 from .command import CommandPlatform, CommandSettings, parse_latency
 from .executorch_cpu import ExecuTorchCPU, ExecuTorchSettings, LoadedProgram, lower_to_executorch
-from .graph import GraphPlatform
+from .graph import GraphPlatform, l2_cache_bytes
 from .onnx import OnnxGraphPlatform, OnnxSettings, export_onnx
-from .onnxruntime import OnnxRuntimeCPU, OnnxRuntimeSettings, l2_cache_bytes
+from .onnxruntime import OnnxRuntimeCPU, OnnxRuntimeSettings
 from .timing import time_callable, time_callables
 from .torch_eager import TorchCPU, TorchCUDA, TorchCUDASettings
 

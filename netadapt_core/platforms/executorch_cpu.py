@@ -16,7 +16,6 @@ import hashlib
 import importlib.metadata
 import itertools
 import logging
-import math
 from typing import Any, Literal
 
 import torch
@@ -26,7 +25,6 @@ from torch import nn
 from ..config import PlatformConfig, PlatformSettings
 from .base import Measurement, PlatformError, host_metadata
 from .graph import GraphPlatform
-from .onnxruntime import MAX_WEIGHT_COPIES, l2_cache_bytes
 from .timing import INTERLEAVED_MIN_SAMPLE_MS, PROBE_MIN_SAMPLE_MS, time_callables
 
 MAX_BATCH = 256  # the largest batch a program exported with a dynamic batch accepts
@@ -122,7 +120,6 @@ class ExecuTorchCPU(GraphPlatform):
         super().__init__(cfg)
         if portable_lib._threadpool_get_thread_count() != cfg.threads:
             portable_lib._unsafe_reset_threadpool(cfg.threads)
-        self._working_set = 2 * l2_cache_bytes()
         self._programs: dict[str, bytes] = {}
 
     def metadata(self) -> dict[str, Any]:
@@ -155,11 +152,8 @@ class ExecuTorchCPU(GraphPlatform):
         fns = []
         for module in modules:
             program = self._program(module, shape)
-            # a program is nearly all weights: small ones cost little from L3, and cycling many copies
-            # would chill their activation buffers instead
-            copies = math.ceil(self._working_set / len(program)) if cold_weights else 1
-            copies = 1 if copies > MAX_WEIGHT_COPIES else copies
-            methods = [LoadedProgram(program) for _ in range(copies)]
+            # a program is nearly all weights
+            methods = [LoadedProgram(program) for _ in range(self.weight_copies(len(program), cold_weights))]
             for method in methods:
                 method.execute([x])  # the first run allocates
             fns.append(lambda cycle=itertools.cycle(methods): next(cycle).execute([x]))  # noqa: B008

@@ -13,6 +13,8 @@ network, is timed as ``T[P, layer] - T[P]``. Both are floored at 0.
 from __future__ import annotations
 
 import copy
+import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,8 +22,22 @@ from torch import nn
 from ..config import PlatformConfig
 from .base import Measurement, PlatformBase
 
+MAX_WEIGHT_COPIES = 32
 # layers a runtime folds or fuses into the conv before them (BatchNorm folding, Conv+Relu/Clip)
 FUSED_AFTER_CONV: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6)
+
+
+def l2_cache_bytes() -> int:
+    """This CPU's per-core L2 cache size (1 MiB when the system does not say)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                units = {"K": 1 << 10, "M": 1 << 20}
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (OSError, ValueError):
+            break
+    return 1 << 20
 
 
 def _probe(shape: tuple[int, ...]) -> nn.Module:
@@ -45,6 +61,15 @@ class GraphPlatform(PlatformBase):
     def __init__(self, cfg: PlatformConfig) -> None:
         super().__init__(cfg)
         self._boundary: dict[tuple[int, ...], float] = {}
+        self._working_set = 2 * l2_cache_bytes()
+
+    def weight_copies(self, weight_bytes: int, cold_weights: bool) -> int:
+        """How many copies of a compiled graph to time round-robin so that its weights come from
+        beyond L2, as inside a network: enough to fill twice L2, when that takes at most
+        ``MAX_WEIGHT_COPIES`` (smaller weights cost little from L3, and cycling that many copies
+        would chill their activation buffers instead); 1 when ``cold_weights`` is off."""
+        copies = math.ceil(self._working_set / weight_bytes) if cold_weights else 1
+        return 1 if copies > MAX_WEIGHT_COPIES else copies
 
     def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int,
              cold_weights: bool = False, probe: bool = False) -> list[Measurement]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -16,8 +14,6 @@ from .base import Measurement, PlatformError, host_metadata
 from .onnx import OnnxGraphPlatform, OnnxSettings
 from .timing import INTERLEAVED_MIN_SAMPLE_MS, PROBE_MIN_SAMPLE_MS, time_callables
 
-MAX_WEIGHT_COPIES = 32
-
 
 class OnnxRuntimeSettings(OnnxSettings):
     """``platform.onnxruntime-cpu``."""
@@ -25,19 +21,6 @@ class OnnxRuntimeSettings(OnnxSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime's graph optimisation level"
     )
-
-
-def l2_cache_bytes() -> int:
-    """This CPU's per-core L2 cache size (1 MiB when the system does not say)."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip().upper()
-                units = {"K": 1 << 10, "M": 1 << 20}
-                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-        except (OSError, ValueError):
-            break
-    return 1 << 20
 
 
 def ort_session_options(cfg: PlatformConfig, options: OnnxRuntimeSettings) -> Any:
@@ -81,7 +64,6 @@ class OnnxRuntimeCPU(OnnxGraphPlatform):
                 "platform 'onnxruntime-cpu' needs onnxruntime. Fix: .venv/bin/pip install onnxruntime onnx"
             ) from None
         self._ort = onnxruntime
-        self._working_set = 2 * l2_cache_bytes()
         super().__init__(cfg)
 
     def metadata(self) -> dict[str, Any]:
@@ -102,10 +84,7 @@ class OnnxRuntimeCPU(OnnxGraphPlatform):
         fns: list[Callable[[], Any]] = []
         keep: list[Any] = []  # sessions and output buffers must outlive the timing
         for graph in graphs:
-            # the serialised graph is nearly all weights; smaller weights than working_set / MAX copies
-            # cost little from L3, and cycling that many sessions would chill their activation buffers
-            copies = math.ceil(self._working_set / len(graph)) if cold_weights else 1
-            copies = 1 if copies > MAX_WEIGHT_COPIES else copies
+            copies = self.weight_copies(len(graph), cold_weights)  # the serialised graph is nearly all weights
             runs = []
             output = None
             for _ in range(copies):
