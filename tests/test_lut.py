@@ -96,6 +96,32 @@ def test_lut_build_lookup_and_rest_term(tiny_params):
     assert estimator.estimate_ms(smaller) < estimator.estimate_ms(model)
 
 
+class SteepPlatform(CountingPlatform):
+    """Networks take 2.5 x their layers: a slope no CPU shows, which the fit must not trust."""
+
+    def measure_network(self, model, input_shape):
+        return Measurement(2.5 * (super().measure_network(model, input_shape).median_ms - 1.0), 0, 1)
+
+
+def test_an_implausible_calibration_falls_back_to_a_plain_ratio(tiny_params):
+    """A slope outside [0.5, 2] (or a large negative fixed cost) is noise: the estimate becomes a plain
+    ratio of the layer sum, so no network, however small, gets a zero or negative estimate."""
+    from netadapt_core.lut import build_lut
+
+    arch, shape = architecture(tiny_params)
+    model = arch.build().eval()
+    platform = SteepPlatform()
+    logs = []
+    lut = build_lut(model, arch, shape, platform, tiny_params.lut, log=logs.append)
+    assert lut.rest_ms == 0.0 and lut.scale == pytest.approx(2.5)
+    assert any("implausible" in line for line in logs)
+    fit = lut.stats["calibration"]
+    # the variants span small networks too (each cuts more layers than the last)
+    assert min(f["layer_sum_ms"] for f in fit) < 0.7 * fit[0]["layer_sum_ms"]
+    smallest = uniform_variant(model, shape, lut.grid, 0.0)
+    assert 0 < LatencyEstimator(lut, platform, shape, measure_missing=True).estimate_ms(smallest)
+
+
 def test_missing_entries_measured_on_demand_or_refused(tiny_params):
     arch, shape = architecture(tiny_params)
     model = arch.build()

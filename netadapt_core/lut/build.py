@@ -139,7 +139,8 @@ def _calibrate(lut: LatencyLUT, estimator: LatencyEstimator, model: nn.Module, i
     the estimate of small networks fell 10-20% short.
     """
     rng = random.Random(CALIBRATION_SEED)
-    variants = [random_variant(model, input_shape, lut.grid, rng) for _ in range(CALIBRATION_NETWORKS)]
+    variants = [random_variant(model, input_shape, lut.grid, rng, (k + 1) / CALIBRATION_NETWORKS)
+                for k in range(CALIBRATION_NETWORKS)]
     sums = []
     for network in [model, *variants]:
         uses = estimator.uses(network)
@@ -154,11 +155,16 @@ def _calibrate(lut: LatencyLUT, estimator: LatencyEstimator, model: nn.Module, i
     mean_s, mean_m = sum(sums) / n, sum(measured) / n
     var = sum((s - mean_s) ** 2 for s in sums)
     scale = sum((s - mean_s) * (m - mean_m) for s, m in zip(sums, measured)) / var if var > 0 else 1.0
-    if not 0.5 <= scale <= 2.0:  # a fit this far from 1 is noise: keep the plain offset
-        log(f"  lut: calibration slope {scale:.3f} is implausible (noise?); using 1 and an offset")
-        scale = 1.0
+    rest = mean_m - scale * mean_s
+    # A slope far from 1, or a negative fixed cost beyond a quarter of the network, is noise: it would
+    # send small networks' estimates toward zero or below. Fall back to a plain ratio (no fixed cost).
+    if not 0.5 <= scale <= 2.0 or rest < -0.25 * start_ms:
+        ratio = sum(s * m for s, m in zip(sums, measured)) / sum(s * s for s in sums)
+        log(f"  lut: calibration {scale:.3f} x layers {rest:+.3f} ms is implausible (noise?); "
+            f"using {ratio:.3f} x layers")
+        scale, rest = ratio, 0.0
     lut.scale = scale
-    lut.rest_ms = mean_m - scale * mean_s
+    lut.rest_ms = rest
     if lut.rest_ms < -0.05 * start_ms or not 0.8 <= scale <= 1.3:
         log(f"  lut: warning: calibration {scale:.3f} x layers {lut.rest_ms:+.3f} ms is unusual for a CPU; if "
             "the machine was busy, rebuild the LUT on an idle one (the adaptation re-fits its own slope)")

@@ -78,14 +78,16 @@ def uniform_variant(model, input_shape, grid: dict[str, dict[str, int]], ratio: 
     return variant
 
 
-def random_variant(model, input_shape, grid: dict[str, dict[str, int]], rng: random.Random):
-    """A copy of ``model`` where each group, with probability 1/2, is cut to a random grid width:
-    non-uniform, like the networks an adaptation makes (a few groups cut, the rest untouched)."""
+def random_variant(model, input_shape, grid: dict[str, dict[str, int]], rng: random.Random,
+                   cut_probability: float = 0.5):
+    """A copy of ``model`` where each group, with probability ``cut_probability``, is cut to a random
+    grid width: non-uniform, like the networks an adaptation makes (some groups cut, the rest
+    untouched); a higher probability makes a smaller network."""
     variant = copy.deepcopy(model)
     for group in prunable_groups(variant, input_shape):
         g = grid[group.id]
         options = channel_grid(g["original"], g["step"], g["min"])[1:]
-        if options and rng.random() < 0.5:
+        if options and rng.random() < cut_probability:
             prune_group(variant, group.id, group.channels - rng.choice(options), input_shape)
     return variant
 
