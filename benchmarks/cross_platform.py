@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from netadapt_core.adapt import STATE_FILE, architecture
-from netadapt_core.checkpoint import load_checkpoint, read_run_state
+from netadapt_core.adapt import STATE_FILE, RunState, architecture
+from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import load_params
 from netadapt_core.platforms import ALLOCATOR_ENV, cpu_model, make_platform
 
@@ -41,12 +41,12 @@ def main() -> None:
         if not state_path.is_file():
             print(f"{path}: no finished adaptation in {params.adapt.run_dir}; left out")
             continue
-        state = read_run_state(state_path)
-        if not state["iterations"]:
+        state = RunState.load(state_path)
+        if not state.iterations:
             print(f"{path}: the adaptation ended before its first iteration; left out")
             continue
-        final, _, _ = load_checkpoint(state["iterations"][-1]["checkpoint"])
-        start, _, _ = load_checkpoint(state["baseline"]["checkpoint"])
+        final, _, _ = load_checkpoint(state.current.checkpoint)
+        start, _, _ = load_checkpoint(state.baseline.checkpoint)
         runs.append((params.platform.name, params, final.eval(), start.eval(), architecture(params)[1]))
     if not runs:
         sys.exit("no finished runs to compare")

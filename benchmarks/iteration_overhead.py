@@ -40,6 +40,7 @@ def main() -> None:
 
     prefect_environment()  # the CLI's project-local Prefect settings
     from flows.adapt import adapt_flow
+    from netadapt_core.adapt import STATE_FILE, RunState
 
     configurations = {"1 worker x 2 threads": ["adapt.workers=1", "adapt.threads=2"],
                       "2 workers x 1 thread": ["adapt.workers=2", "adapt.threads=1"]}
@@ -50,14 +51,14 @@ def main() -> None:
             overrides = [*args.overrides, "tracking.enabled=false", "adapt.latency_source=lut", f"adapt.max_iterations={args.iterations}",
                          f"adapt.run_dir={run_dir}", *extra]
             adapt_flow(args.params, overrides)
-            state = json.loads((run_dir / "state.json").read_text())
+            state = RunState.load(run_dir / STATE_FILE)
             journal = [json.loads(line) for line in (run_dir / "executions.jsonl").read_text().splitlines()]
-            for record in state["iterations"]:
-                spans = [(e["started"], e["finished"]) for e in journal if e["iteration"] == record["iteration"] - 1]
-                timing = record["timing"]
+            for record in state.iterations:
+                spans = [(e["started"], e["finished"]) for e in journal if e["iteration"] == record.iteration - 1]
+                timing = record.timing
                 work = timing["plan_s"] + union_seconds(spans) + timing["commit_s"]
-                rows.append({"config": label, "iteration": record["iteration"], "proposals": len(spans),
-                             "wall_s": record["seconds"], "overhead_s": record["seconds"] - work})
+                rows.append({"config": label, "iteration": record.iteration, "proposals": len(spans),
+                             "wall_s": record.seconds, "overhead_s": record.seconds - work})
     print(f"{'configuration':22s} {'iter':>4s} {'props':>5s} {'wall s':>8s} {'overhead s':>10s} {'share':>6s}")
     for row in rows:
         print(f"{row['config']:22s} {row['iteration']:4d} {row['proposals']:5d} {row['wall_s']:8.1f} "

@@ -44,7 +44,6 @@ from netadapt_core.lut import (
     LatencyLUT,
     LutError,
     build_lut,
-    channel_grid,
     layer_uses,
     uniform_variant,
 )
@@ -78,8 +77,7 @@ def parse_args(argv):
 
 
 def grid_options(lut, gid):
-    g = lut.grid[gid]
-    return channel_grid(g["original"], g["step"], g["min"])
+    return lut.grid[gid].widths()
 
 
 def set_width(model, gid, want):

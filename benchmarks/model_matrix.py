@@ -105,12 +105,12 @@ def try_network(name: str, data_root: Path, log=lambda _: None) -> dict:
             NetAdapt(ctx, run_dir, state).run()
             last = state.iterations[-1]
             row["step"] = "measured check"
-            final_model, final_arch, _ = load_checkpoint(last["checkpoint"])
+            final_model, final_arch, _ = load_checkpoint(last.checkpoint)
             final = measure_point(ctx, final_model, reference=state.baseline)  # interleaved with the start
             start = state.baseline
-            row.update(pick=last["group"], start_ms=round(final["reference_raw_ms"], 3),
+            row.update(pick=last.group, start_ms=round(final["reference_raw_ms"], 3),
                        adapted_ms=round(final["measured_raw_ms"], 3),
-                       macs_ratio=round(final["macs"] / start["macs"], 3))
+                       macs_ratio=round(final["macs"] / start.macs, 3))
             row["step"] = "export"
             samples, diffs, refused = sample_images(params, 4), [], {}
             for fmt in params.export.formats:  # each format on its own: one the exporter lacks is named

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from netadapt_core.adapt import STATE_FILE, RunState
 from netadapt_core.platforms import cpu_model
 
 
@@ -38,13 +39,12 @@ def run_mode(mode: str, out: Path, extra: list[str]) -> dict:
     if done.returncode not in (0, 3):
         sys.exit(f"{mode}: netadapt all failed (exit {done.returncode})")
     metrics = json.loads((out / "metrics.json").read_text())
-    state = json.loads((out / "run" / "state.json").read_text())
-    its = state["iterations"]
+    its = RunState.load(out / "run" / STATE_FILE).iterations
     return {
         "mode": mode, "iterations": len(its), "wall_min": wall / 60,
-        "adapt_min": sum(r["seconds"] for r in its) / 60,
-        "train_s_per_iteration": statistics.mean(r["timing"]["proposals_s"] for r in its) if its else 0.0,
-        "proposals": sum(len(r["proposals"]) + len(r.get("screened_out", [])) for r in its),
+        "adapt_min": sum(r.seconds for r in its) / 60,
+        "train_s_per_iteration": statistics.mean(r.timing["proposals_s"] for r in its) if its else 0.0,
+        "proposals": sum(len(r.proposals) + len(r.screened_out) for r in its),
         "speedup": metrics["baseline"]["measured_ms"] / metrics["final"]["measured_ms"],
         "start_test": metrics["baseline"]["test_accuracy"], "final_test": metrics["final"].get("test_accuracy"),
         "budget_met": metrics["budget_met_measured"],

@@ -14,7 +14,15 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 
-from netadapt_core.adapt import NetAdapt, ProposalJob, ProposalResult, make_context, open_run
+from netadapt_core.adapt import (
+    IterationRecord,
+    NetAdapt,
+    ProposalJob,
+    ProposalResult,
+    RunState,
+    make_context,
+    open_run,
+)
 from netadapt_core.config import load_params
 from netadapt_core.resources import format_value
 from tasks.adapt import make_proposal
@@ -31,7 +39,7 @@ def _progress(state, cfg) -> float:
     return max(0.0, min(100.0, 100.0 * (start - now) / max(start - budget.limit, 1e-9)))
 
 
-def _proposal_table(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _proposal_table(record: IterationRecord) -> list[dict[str, Any]]:
     return [
         {
             "group": p["group"],
@@ -44,7 +52,7 @@ def _proposal_table(record: dict[str, Any]) -> list[dict[str, Any]]:
             "holdout_accuracy": round(p["holdout_accuracy"], 4),
             "picked": p["picked"],
         }
-        for p in record["proposals"]
+        for p in record.proposals
     ]
 
 
@@ -88,10 +96,10 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     progress = create_progress_artifact(_progress(state, cfg),
                                         description=f"{cfg.resource} removed / needed for its budget (%)")
 
-    def on_iteration(record: dict[str, Any], state) -> None:
-        create_table_artifact(_proposal_table(record), key=f"iteration-{record['iteration']:03d}",
-                              description=f"iteration {record['iteration']}: proposals (target "
-                                          f"{format_value(record['resource'], record['target'])})")
+    def on_iteration(record: IterationRecord, state: RunState) -> None:
+        create_table_artifact(_proposal_table(record), key=f"iteration-{record.iteration:03d}",
+                              description=f"iteration {record.iteration}: proposals (target "
+                                          f"{format_value(record.resource, record.target)})")
         update_progress_artifact(progress, _progress(state, cfg))
         if tracker:
             tracker.log_iterations(state)
@@ -114,5 +122,5 @@ def adapt_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             "start_ms": state.start_ms(cfg), "final_ms": state.latency(state.current, cfg), "run_dir": str(run_dir),
             "budgets": [{"resource": b.resource, "limit": b.limit, "primary": b.primary,
                          "met": b.met(state.values(state.current, cfg)[b.resource])} for b in all_budgets],
-            "picks": [(r["group"], r["channels_after"]) for r in state.iterations],
+            "picks": [(r.group, r.channels_after) for r in state.iterations],
             "flow_run_id": str(flow_run.id)}

@@ -17,8 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
-from netadapt_core.adapt import STATE_FILE, check_pretrained, open_estimator
-from netadapt_core.checkpoint import load_checkpoint, read_run_state
+from netadapt_core.adapt import STATE_FILE, RunState, check_pretrained, open_estimator
+from netadapt_core.checkpoint import load_checkpoint
 from netadapt_core.config import Params, load_params
 from netadapt_core.errors import NetAdaptError, StageOrderError
 from netadapt_core.export import MANIFEST
@@ -92,9 +92,9 @@ def unmet_budget(params: Params) -> str | None:
     path = Path(params.adapt.run_dir) / STATE_FILE
     if not path.is_file():
         return None
-    state = read_run_state(path)
-    if state.get("status") in ("unmet", "max_iterations"):
-        return state.get("reason") or state["status"]
+    state = RunState.load(path)
+    if state.status in ("unmet", "max_iterations"):
+        return state.reason or state.status
     return None
 
 

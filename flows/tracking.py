@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from netadapt_core.adapt import RunState
+from netadapt_core.adapt import IterationRecord, RunState
 from netadapt_core.checkpoint import atomic_write_json
 from netadapt_core.config import Params, TrackingConfig
 from netadapt_core.errors import NetAdaptError
@@ -126,14 +126,14 @@ class AdaptTracker:
 
         now = int(time.time() * 1000)
         for record in [state.baseline, *state.iterations]:
-            step = record["iteration"]
+            step = record.iteration
             if step in self.logged_steps:
                 continue
-            metrics = [Metric(key, float(record[key]), now, step) for key in ITERATION_METRICS]
+            metrics = [Metric(key, float(getattr(record, key)), now, step) for key in ITERATION_METRICS]
             self.client.log_batch(self.run_id, metrics=metrics)
-            if step > 0:
+            if isinstance(record, IterationRecord):
                 columns = ("group", "channels_before", "channels_after", "estimated_ms", "holdout_accuracy", "picked")
-                table = {c: [p[c] for p in record["proposals"]] for c in columns}
+                table = {c: [p[c] for p in record.proposals] for c in columns}
                 self.client.log_table(self.run_id, table, f"proposals/iteration_{step:03d}.json")
             self.logged_steps.append(step)
             self._save(state.config_hash)

@@ -15,7 +15,6 @@ from netadapt_core.adapt import (
 )
 from netadapt_core.checkpoint import file_sha256, load_checkpoint
 from netadapt_core.config import ConfigError
-from netadapt_core.lut import channel_grid
 from netadapt_core.resources import Budget, count_macs_params
 from netadapt_core.schedule import budgets
 from netadapt_core.surgery import prune_group
@@ -59,9 +58,8 @@ def test_plans_remove_the_fewest_filters_that_meet_the_target(run_params):
         assert plan.estimated_ms <= target
         assert plan.estimated_ms == pytest.approx(estimate(plan.group, plan.channels_after))
         g = ctx.estimator.lut.grid[plan.group]
-        grid = channel_grid(g["original"], g["step"], g["min"])
-        assert plan.channels_after in grid and plan.n_remove % g["step"] == 0
-        one_less = plan.channels_after + g["step"]
+        assert plan.channels_after in g.widths() and plan.n_remove % g.step == 0
+        one_less = plan.channels_after + g.step
         if one_less < plan.channels_before:
             assert estimate(plan.group, one_less) > target
 
@@ -80,8 +78,8 @@ def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):
     state = _state(params)
     assert state.status in ("max_iterations", "done") and len(state.iterations) == 1
     first = state.iterations[0]
-    assert Path(first["checkpoint"]).is_file() and file_sha256(first["checkpoint"]) == first["checkpoint_sha256"]
-    assert len(first["proposals"]) >= 1 and sum(p["picked"] for p in first["proposals"]) == 1
+    assert Path(first.checkpoint).is_file() and file_sha256(first.checkpoint) == first.checkpoint_sha256
+    assert len(first.proposals) >= 1 and sum(p["picked"] for p in first.proposals) == 1
 
     # resume with more iterations allowed: iteration 1 is kept as it was, the run goes on to the budget
     summary = run_flow(adapt_flow, run_params())
@@ -91,12 +89,12 @@ def test_adapt_stops_at_budget_and_resumes(run_params, run_flow):
     assert resumed.status == "done"
     (primary,) = resumed.budgets(params.adapt)
     budget = primary.limit
-    assert resumed.iterations[-1]["measured_ms"] <= budget
-    assert all(record["measured_ms"] > budget for record in [resumed.baseline, *resumed.iterations[:-1]])
+    assert resumed.iterations[-1].measured_ms <= budget
+    assert all(record.measured_ms > budget for record in [resumed.baseline, *resumed.iterations[:-1]])
     # every iteration's pick is a trade-off point with its own checkpoint and record
     for record in resumed.iterations:
-        model, _, meta = load_checkpoint(record["checkpoint"])
-        assert meta["plan"]["group"] == record["group"]
+        model, _, meta = load_checkpoint(record.checkpoint)
+        assert meta["plan"]["group"] == record.group
     state_file = json.loads((Path(params.adapt.run_dir) / "state.json").read_text())
     assert len(state_file["iterations"]) == len(resumed.iterations)
 
@@ -138,7 +136,7 @@ def test_plans_on_macs_remove_the_fewest_filters_that_meet_the_target(run_params
                                           ctx.input_shape), ctx.input_shape)
         assert (plan.estimated_macs, plan.estimated_params) == (pruned["macs"], pruned["params"])
         g = ctx.estimator.lut.grid[plan.group]
-        one_less = plan.channels_after + g["step"]
+        one_less = plan.channels_after + g.step
         if one_less < plan.channels_before:
             bigger = _prune(model, plan.group, plan.channels_before, one_less, ctx.input_shape)
             assert count_macs_params(bigger, ctx.input_shape)["macs"] > target
@@ -164,31 +162,31 @@ def test_adapt_on_macs_reaches_the_macs_budget(run_params, run_flow):
                         "adapt.latency_source=lut")
     summary = run_flow(adapt_flow, params)
     state = _state(params)
-    limit = 0.6 * state.baseline["macs"]
+    limit = 0.6 * state.baseline.macs
     assert summary["status"] == "done" and summary["budgets"] == [
         {"resource": "macs", "limit": limit, "primary": True, "met": True}]
-    assert state.iterations[-1]["macs"] <= limit
-    assert all(r["macs"] > limit for r in [state.baseline, *state.iterations[:-1]])  # stopped at the budget
+    assert state.iterations[-1].macs <= limit
+    assert all(r.macs > limit for r in [state.baseline, *state.iterations[:-1]])  # stopped at the budget
     for record, before in zip(state.iterations, [state.baseline, *state.iterations[:-1]]):
-        assert record["resource"] == "macs" and record["target"] < before["macs"]
-        assert record["macs"] <= record["target"]  # the count is exact: the pick meets its target
+        assert record.resource == "macs" and record.target < before.macs
+        assert record.macs <= record.target  # the count is exact: the pick meets its target
 
 
 def test_secondary_budget_drives_the_run_once_the_primary_holds(run_params, run_flow):
     params = run_params("adapt.latency_source=lut", "adapt.constraints={params: {ratio: 0.15}}")
     summary = run_flow(adapt_flow, params)
     state = _state(params)
-    latency, limit = budgets({"latency": state.baseline["lut_ms"], "macs": state.baseline["macs"],
-                              "params": state.baseline["params"]}, params.adapt)
+    latency, limit = budgets({"latency": state.baseline.lut_ms, "macs": state.baseline.macs,
+                              "params": state.baseline.params}, params.adapt)
     assert summary["status"] == "done" and all(b["met"] for b in summary["budgets"])
     final = state.iterations[-1]
-    assert final["lut_ms"] <= latency.limit and final["params"] <= limit.limit
+    assert final.lut_ms <= latency.limit and final.params <= limit.limit
     # every earlier network missed a budget; the loop targeted latency until it held, then params
     for record, before in zip(state.iterations, [state.baseline, *state.iterations[:-1]]):
-        missed_latency = before["lut_ms"] > latency.limit
-        assert missed_latency or before["params"] > limit.limit
-        assert record["resource"] == ("latency" if missed_latency else "params")
-    assert [r["resource"] for r in state.iterations][-1] == "params", "the params budget must have driven"
+        missed_latency = before.lut_ms > latency.limit
+        assert missed_latency or before.params > limit.limit
+        assert record.resource == ("latency" if missed_latency else "params")
+    assert [r.resource for r in state.iterations][-1] == "params", "the params budget must have driven"
 
 
 def test_unreachable_secondary_budget_fails_before_training(run_params, run_flow):

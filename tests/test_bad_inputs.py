@@ -330,7 +330,9 @@ def test_good_inputs_pass_every_stage_check(run_params, tmp_path):
     point = {"measured_ms": 1.0, "lut_ms": 1.0, "macs": 10, "params": 10, "holdout_accuracy": 0.5}
     state = RunState(config_hash="hash", pretrained_sha256="sha",
                      baseline={"iteration": 0, "checkpoint": str(run_dir / "iter_000.pt"), **point},
-                     iterations=[{"iteration": 1, "checkpoint": str(run_dir / "iter_001.pt"), **point}], status="done")
+                     iterations=[{"iteration": 1, "checkpoint": str(run_dir / "iter_001.pt"), "group": "stem.0",
+                                  "channels_before": 8, "channels_after": 4, "filters_removed": 4, "target": 0.9,
+                                  **point}], status="done")
     state.save(run_dir)
     atomic_write_json(tuned.parent / "results.json", [{"iteration": 1, "checkpoint": str(tuned)}])
     assert load_run_state(params).iterations == state.iterations and (run_dir / STATE_FILE).is_file()

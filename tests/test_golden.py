@@ -63,13 +63,14 @@ def _observed(root: Path, data_root: Path) -> dict[str, Any]:
     run_dir, state = open_run(ctx)
     state = NetAdapt(ctx, run_dir, state).run()
     final = state.iterations[-1]
+    iterations = [r.model_dump() for r in state.iterations]
     return {
         "settings": [s.replace(f"{GOLDEN.parent.parent}/", "") for s in SETTINGS],  # paths from the repository
         "status": state.status,
         "iterations": [{**_pick(r, ITERATION_FIELDS),
-                        "proposals": [_pick(p, PROPOSAL_FIELDS) for p in r.get("proposals", [])]}
-                       for r in state.iterations],
-        "final_channels": channel_spec(load_checkpoint(final["checkpoint"])[0]),
+                        "proposals": [_pick(p, PROPOSAL_FIELDS) for p in r["proposals"]]}
+                       for r in iterations],
+        "final_channels": channel_spec(load_checkpoint(final.checkpoint)[0]),
     }
 
 

@@ -11,6 +11,7 @@ from netadapt_core.config import with_overrides
 from netadapt_core.lut import (
     LatencyEstimator,
     LatencyLUT,
+    GroupGrid,
     LutError,
     channel_grid,
     layer_uses,
@@ -26,6 +27,9 @@ def test_channel_grid():
     assert channel_grid(32, 8, 4) == [32, 24, 16, 8]
     assert channel_grid(30, 8, 8) == [30, 22, 14]
     assert channel_grid(8, 8, 8) == [8]
+    g = GroupGrid.of(32, 8, 0.125)
+    assert (g.min, g.widths()) == (4, [32, 24, 16, 8])
+    assert GroupGrid.model_validate(g.model_dump()) == g
 
 
 def test_identical_layers_share_entries():
@@ -156,6 +160,11 @@ def test_lut_from_other_platform_or_network_or_corrupt_is_refused(tiny_params, t
     next(iter(raw["entries"].values()))["ms"] = "fast"
     corrupt.write_text(json.dumps(raw))
     with pytest.raises(LutError, match="corrupt"):
+        LatencyLUT.load(corrupt)
+    raw = json.loads(tiny_lut.read_text())
+    next(iter(raw["grid"].values()))["step"] = 0  # a grid entry is a GroupGrid: checked on load
+    corrupt.write_text(json.dumps(raw))
+    with pytest.raises(LutError, match="corrupt.*step"):
         LatencyLUT.load(corrupt)
 
 

@@ -96,15 +96,15 @@ def test_budget_met_by_measurement_under_growing_drift(sim_params):
     budget = state.budgets(params.adapt)[0].limit
     assert state.status == "done", state.reason
     final = state.iterations[-1]
-    assert final["measured_ms"] <= budget
-    assert platform.true_ms(load_checkpoint(final["checkpoint"])[0], ctx.input_shape) <= budget * 1.0001
+    assert final.measured_ms <= budget
+    assert platform.true_ms(load_checkpoint(final.checkpoint)[0], ctx.input_shape) <= budget * 1.0001
     # the LUT (calibrated at build time on uniform networks) ended well off the measurement
-    assert abs(final["measured_ms"] - final["lut_ms"]) / final["measured_ms"] > 0.15
+    assert abs(final.measured_ms - final.lut_ms) / final.measured_ms > 0.15
     for parent, record in zip([state.baseline, *state.iterations], state.iterations):
-        assert record["target"] < parent["measured_ms"]  # anchored on the parent's measurement
-        assert record["measured_ms"] < parent["measured_ms"]  # never pruned-but-slower
+        assert record.target < parent.measured_ms  # anchored on the parent's measurement
+        assert record.measured_ms < parent.measured_ms  # never pruned-but-slower
     # online recalibration: the slope fitted from the measured networks left the prior (1)
-    assert abs(state.iterations[-1]["slope"] - 1) > 0.05
+    assert abs(state.iterations[-1].slope - 1) > 0.05
 
 
 def test_without_anchoring_the_same_drift_misses_the_budget(sim_params):
@@ -119,8 +119,8 @@ def test_without_anchoring_the_same_drift_misses_the_budget(sim_params):
     # 'done' by the LUT while the measured latency of the pick is far off its LUT estimate: where the
     # stop lands on the budget by the LUT, it lands over it by measurement (with this tiny network's
     # coarse steps the stop can also overshoot far enough to hide that, depending on the picks)
-    assert state.status == "done" and final["measured_ms"] > 1.15 * final["lut_ms"]
-    assert final["lut_ms"] <= 0.5 * state.baseline["lut_ms"] * 1.0001
+    assert state.status == "done" and final.measured_ms > 1.15 * final.lut_ms
+    assert final.lut_ms <= 0.5 * state.baseline.lut_ms * 1.0001
 
 
 def test_step_shrinks_until_most_groups_can_propose(sim_params):
@@ -130,10 +130,10 @@ def test_step_shrinks_until_most_groups_can_propose(sim_params):
     ctx, _ = sim_context(params, log=logged.append)
     run_dir, state = open_run(ctx)
     step = NetAdapt(ctx, run_dir, state).plan()
-    groups = prunable_groups(load_checkpoint(state.baseline["checkpoint"])[0], ctx.input_shape)
+    groups = prunable_groups(load_checkpoint(state.baseline.checkpoint)[0], ctx.input_shape)
     assert any("halving the step" in line for line in logged), logged
     assert len(step.plans) >= 0.6 * len(groups)
-    assert step.target > state.baseline["lut_ms"] * 0.55  # the 45% step was shrunk
+    assert step.target > state.baseline.lut_ms * 0.55  # the 45% step was shrunk
     # the plan is kept in the state: a resumed run trains exactly these proposals
     again = NetAdapt(ctx, run_dir, json_state(run_dir)).plan()
     assert again.plans == step.plans and again.target == step.target
@@ -146,10 +146,10 @@ def test_candidates_near_the_target_are_measured_and_cut_further(sim_params):
     run_dir, state = open_run(ctx)
     step = NetAdapt(ctx, run_dir, state).plan()
     assert step.plans and all(p.verified_ms is not None for p in step.plans)
-    parent, _, _ = load_checkpoint(state.baseline["checkpoint"])
+    parent, _, _ = load_checkpoint(state.baseline.checkpoint)
     now = state.values(state.baseline, params.adapt)
     by_lut = {p.group: p for p in plan_proposals(ctx, parent, 0, now, step.target,
-                                                  latency_model=LatencyModel(state.baseline["lut_ms"]))}
+                                                  latency_model=LatencyModel(state.baseline.lut_ms))}
     cut_further = 0
     for plan in step.plans:
         variant = copy.deepcopy(parent)
@@ -160,7 +160,7 @@ def test_candidates_near_the_target_are_measured_and_cut_further(sim_params):
         assert plan.verified_ms <= step.target or plan.channels_after == options[-1]
         cut_further += plan.channels_after < by_lut[plan.group].channels_after
     assert cut_further >= 1, "the drift makes the LUT's choice miss the target"
-    assert sum(p["kind"] == "candidate" for p in state.latency_points) >= len(step.plans)
+    assert sum(p.kind == "candidate" for p in state.latency_points) >= len(step.plans)
 
 
 def test_a_pick_measured_slower_than_its_parent_is_rejected_for_the_next_best(sim_params):
@@ -171,7 +171,7 @@ def test_a_pick_measured_slower_than_its_parent_is_rejected_for_the_next_best(si
     step = loop.plan()
     assert len(step.plans) >= 2
     results = loop.run_serially(loop.jobs(step))
-    best = rank_proposals(results, "accuracy", state.baseline["holdout_accuracy"], state.baseline["measured_ms"])[0]
+    best = rank_proposals(results, "accuracy", state.baseline.holdout_accuracy, state.baseline.measured_ms)[0]
 
     def penalty(model):  # the most accurate proposal runs 3x slower on this "machine"
         slow = any(g.id == best.plan.group and g.channels == best.plan.channels_after
@@ -180,9 +180,9 @@ def test_a_pick_measured_slower_than_its_parent_is_rejected_for_the_next_best(si
 
     simulated_platform.SETTINGS["penalty"] = penalty
     record = loop.commit(step, results, {})
-    assert record is not None and record["group"] != best.plan.group
-    assert record["rejected"][0]["group"] == best.plan.group and record["rejected"][0]["vs_parent"] > 1.01
-    assert record["measured_ms"] < state.baseline["measured_ms"]
+    assert record is not None and record.group != best.plan.group
+    assert record.rejected[0]["group"] == best.plan.group and record.rejected[0]["vs_parent"] > 1.01
+    assert record.measured_ms < state.baseline.measured_ms
 
 
 def test_a_pick_measured_off_in_a_busy_moment_is_measured_again(sim_params):
@@ -197,15 +197,15 @@ def test_a_pick_measured_off_in_a_busy_moment_is_measured_again(sim_params):
     calls = platform.network_calls
     simulated_platform.SETTINGS["glitches"] = [1.08]
     record = loop.commit(step, results, {})
-    assert record is not None and not record["rejected"]
-    truth = platform.true_ms(load_checkpoint(record["checkpoint"])[0], ctx.input_shape)
-    assert record["measured_estimates_ms"][0] == pytest.approx(truth * 1.08)
-    assert record["measured_ms"] == pytest.approx(truth)
+    assert record is not None and not record.rejected
+    truth = platform.true_ms(load_checkpoint(record.checkpoint)[0], ctx.input_shape)
+    assert record.measured_estimates_ms[0] == pytest.approx(truth * 1.08)
+    assert record.measured_ms == pytest.approx(truth)
     assert platform.network_calls == calls + 2  # the first look, then one against the parent
     # a first look that agrees with what was expected costs no second measurement
-    model, _, _ = load_checkpoint(record["checkpoint"])
-    checked = ProposalPlan(iteration=0, group=record["group"], channels_before=record["channels_before"],
-                           channels_after=record["channels_after"], estimated_ms=truth, seed=0, verified_ms=truth)
+    model, _, _ = load_checkpoint(record.checkpoint)
+    checked = ProposalPlan(iteration=0, group=record.group, channels_before=record.channels_before,
+                           channels_after=record.channels_after, estimated_ms=truth, seed=0, verified_ms=truth)
     calls = platform.network_calls
     point, slower = loop._measure_pick(model, checked, state.baseline)
     assert slower is None and "measured_estimates_ms" not in point and point["measured_ms"] == pytest.approx(truth)
@@ -230,7 +230,7 @@ def test_unreachable_by_measurement_ends_unmet_with_the_cause(sim_params):
     assert state.iterations, "the run made progress before it ended"
     saved = json_state(run_dir)
     assert saved.status == "unmet" and saved.reason == state.reason
-    assert all(Path(r["checkpoint"]).is_file() for r in saved.iterations)
+    assert all(Path(r.checkpoint).is_file() for r in saved.iterations)
 
 
 def test_proposal_key_ignores_the_latency_estimate(run_params):

@@ -256,11 +256,11 @@ def test_adaptation_on_onnxruntime_reaches_its_budget_as_measured_by_onnxruntime
     assert LatencyLUT.load(params.lut.path).platform["platform"] == "onnxruntime-cpu"
     summary = run_flow(adapt_flow, params)
     state = RunState.load(Path(params.adapt.run_dir) / "state.json")
-    limit = 0.7 * state.baseline["measured_ms"]
+    limit = 0.7 * state.baseline.measured_ms
     assert summary["status"] == "done" and state.iterations
-    assert state.iterations[-1]["measured_ms"] <= limit < state.baseline["measured_ms"]
-    final, _, _ = load_checkpoint(state.iterations[-1]["checkpoint"])
-    start, _, _ = load_checkpoint(state.baseline["checkpoint"])
+    assert state.iterations[-1].measured_ms <= limit < state.baseline.measured_ms
+    final, _, _ = load_checkpoint(state.iterations[-1].checkpoint)
+    start, _, _ = load_checkpoint(state.baseline.checkpoint)
     platform = make_platform(params.platform)
     again = [platform.measure_networks([final.eval(), start.eval()], SHAPE) for _ in range(3)]
     ratio = sorted(f.median_ms / s.median_ms for f, s in again)[1]

@@ -45,10 +45,10 @@ def test_halving_trains_the_better_half_to_the_full_budget_and_resumes(run_param
     # round 1: all three train 2 steps; the better two go on for 2 more, then 4 more (8 in all)
     assert sorted((e["round"], e["steps"]) for e in trained) == [(0, 2)] * 3 + [(1, 2)] * 2 + [(2, 4)] * 2
     record = state.iterations[0]
-    assert len(record["screened_out"]) == 1 and record["screened_out"][0]["steps"] == 2
-    out = record["screened_out"][0]["group"]
-    assert len(record["proposals"]) == 2 and out not in {p["group"] for p in record["proposals"]}
-    assert record["group"] != out
+    assert len(record.screened_out) == 1 and record.screened_out[0]["steps"] == 2
+    out = record.screened_out[0]["group"]
+    assert len(record.proposals) == 2 and out not in {p["group"] for p in record.proposals}
+    assert record.group != out
 
 
 def test_training_device_gpu_or_a_clear_refusal(tiny_params, tiny_data, tmp_path):

@@ -6,6 +6,10 @@ and small records.
   (``ProposalPlan``, ``plan_proposals``); whether a budget is reachable at all.
 - ``proposal``: running a proposal (prune, short-term fine-tune, holdout score), its content key
   and durable record, ranking.
+- ``iteration``: one iteration's target (the step shrunk until enough groups can take it) and its
+  plans, candidates measured before training.
+- ``records``: what ``state.json`` keeps: ``NetworkPoint`` (the start), ``IterationRecord`` (a pick),
+  ``IterationPlan`` (the pending plan).
 - ``state``: the run directory: ``state.json`` (``RunState``), its lock, opening or resuming a run.
 - ``loop``: ``NetAdapt``, the loop itself, driven through ``map_proposals`` and ``on_iteration``.
 
@@ -18,7 +22,8 @@ candidate's is predicted from its parent's measurement and the LUT's difference 
 from __future__ import annotations
 
 from .context import Context, architecture, check_pretrained, make_context, measure_point, open_estimator
-from .loop import IterationPlan, MapProposals, NetAdapt, OnIteration, ProposalJob, describe_iteration
+from .iteration import plan_iteration
+from .loop import MapProposals, NetAdapt, OnIteration, ProposalJob, describe_iteration
 from .plan import (
     BudgetUnreachableError,
     GroupEstimates,
@@ -41,6 +46,7 @@ from .proposal import (
     rank_proposals,
     run_proposal,
 )
+from .records import IterationPlan, IterationRecord, NetworkPoint
 from .state import (
     EXECUTION_SETTINGS,
     START_PASSES,
@@ -53,10 +59,11 @@ from .state import (
 
 __all__ = [
     "EXECUTION_SETTINGS", "JOURNAL_FILE", "PROPOSAL_SETTINGS", "START_PASSES", "STATE_FILE",
-    "BudgetUnreachableError", "Context", "GroupEstimates", "IterationPlan", "MapProposals", "NetAdapt",
+    "BudgetUnreachableError", "Context", "GroupEstimates", "IterationPlan", "IterationRecord", "MapProposals", "NetAdapt",
+    "NetworkPoint",
     "OnIteration", "ProposalJob", "ProposalPlan", "ProposalResult", "RunState", "adapt_config_hash",
     "architecture", "check_pretrained", "check_reachable", "describe_iteration", "finished_proposal",
     "group_options", "halving_schedule", "lock_run_dir", "make_context", "measure_point", "open_estimator",
-    "open_run", "pick_best", "plan_proposals", "proposal_key", "proposal_path",
+    "open_run", "pick_best", "plan_iteration", "plan_proposals", "proposal_key", "proposal_path",
     "rank_proposals", "run_proposal", "smallest_network", "unreachable_error",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -19,6 +19,9 @@ from ..lut import LatencyEstimator, LatencyLUT, network_fingerprint
 from ..models.sources import factory_defaults, split_name
 from ..platforms import make_platform
 from ..resources import count_macs_params
+
+if TYPE_CHECKING:
+    from .records import NetworkPoint
 
 
 @dataclass
@@ -87,7 +90,7 @@ def make_context(params: Params, log: Callable[[str], None] = print) -> Context:
     return Context(params, data, open_estimator(params, arch, data.input_shape), log)
 
 
-def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | None = None,
+def measure_point(ctx: Context, model: nn.Module, reference: NetworkPoint | None = None,
                   passes: int = 1) -> dict[str, float]:
     """Direct and LUT latency, MACs and parameters of one network (alone: the fastest of ``passes``
     measurements, as noise only adds time; against ``reference``: the median of ``passes`` sessions).
@@ -101,12 +104,12 @@ def measure_point(ctx: Context, model: nn.Module, reference: dict[str, Any] | No
         measured = {"measured_ms": min(ctx.platform.measure_network(model, ctx.input_shape).median_ms
                                        for _ in range(passes))}
     else:
-        baseline, _, _ = load_checkpoint(reference["checkpoint"])
+        baseline, _, _ = load_checkpoint(reference.checkpoint)
         sessions = sorted((own.median_ms / ref.median_ms, own.median_ms, ref.median_ms) for own, ref in
                           (ctx.platform.measure_networks([model, baseline], ctx.input_shape) for _ in range(passes)))
         ratio, own_ms, ref_ms = sessions[len(sessions) // 2]  # the median session: one disturbed is outvoted
         measured = {
-            "measured_ms": ratio * reference["measured_ms"],
+            "measured_ms": ratio * reference.measured_ms,
             "measured_raw_ms": own_ms,
             "reference_raw_ms": ref_ms,
         }

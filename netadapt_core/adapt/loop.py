@@ -32,12 +32,10 @@ from .. import faults
 from ..checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
 from ..errors import ProposalsFailedError
 from ..latency_model import LatencyPoint
-from ..platforms import measure_relative
-from ..resources import Budget, format_value
-from ..schedule import reduction
-from ..surgery import PrunableGroup, prunable_groups
+from ..resources import format_value
 from .context import Context, measure_point
-from .plan import GroupEstimates, ProposalPlan, group_options, plan_proposals
+from .iteration import plan_iteration
+from .plan import ProposalPlan
 from .proposal import (
     JOURNAL_FILE,
     ProposalResult,
@@ -47,9 +45,9 @@ from .proposal import (
     rank_proposals,
     run_proposal,
 )
+from .records import IterationPlan, IterationRecord, NetworkPoint
 from .state import RunState
 
-MAX_SHRINKS = 3  # the step is halved at most this often to let more groups propose
 RECHECK_SHARE = 0.03  # a pick measured this far off what was expected is measured again
 
 
@@ -68,22 +66,7 @@ class ProposalJob:
 
 
 MapProposals = Callable[[list[ProposalJob]], list[ProposalResult | None]]
-OnIteration = Callable[[dict[str, Any], RunState], None]
-
-
-@dataclass
-class IterationPlan:
-    """One iteration's target on ``resource`` and its proposals; or, with no plans, why none."""
-
-    iteration: int
-    resource: str
-    target: float
-    plans: list[ProposalPlan]
-    note: str = ""
-
-    def to_dict(self, parent_sha256: str) -> dict[str, Any]:
-        return {"iteration": self.iteration, "resource": self.resource, "target": self.target, "note": self.note,
-                "parent_sha256": parent_sha256, "plans": [p.model_dump() for p in self.plans]}
+OnIteration = Callable[[IterationRecord, RunState], None]
 
 
 class NetAdapt:
@@ -157,7 +140,7 @@ class NetAdapt:
             results = [r for r in map_proposals(round_jobs) if r is not None]
             if last:
                 return results
-            ranked = rank_proposals(results, cfg.pick, parent["holdout_accuracy"],
+            ranked = rank_proposals(results, cfg.pick, parent.holdout_accuracy,
                                     self.state.latency(parent, cfg))
             keep = ranked[:max(2, math.ceil(len(ranked) / 2))]
             kept = {r.plan.group for r in keep}
@@ -176,8 +159,8 @@ class NetAdapt:
         for plan in step.plans:
             out = proposal_path(self.run_dir, plan)
             out.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append(ProposalJob(plan, parent["checkpoint"], str(out),
-                                    proposal_key(self.ctx.params, parent["checkpoint_sha256"], plan),
+            jobs.append(ProposalJob(plan, parent.checkpoint, str(out),
+                                    proposal_key(self.ctx.params, parent.checkpoint_sha256, plan),
                                     str(self.run_dir / JOURNAL_FILE)))
         return jobs
 
@@ -191,135 +174,34 @@ class NetAdapt:
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> IterationPlan:
-        """Iteration i's target and one plan per group able to meet it (resumed if already planned)."""
+        """Iteration i's plan (``iteration.plan_iteration``), kept in the state as pending until the
+        iteration is committed; a resumed run takes the pending plan made for the same parent."""
         state = self.state
-        parent = state.current
-        pending = state.pending
-        if pending and pending["iteration"] == len(state.iterations) \
-                and pending["parent_sha256"] == parent["checkpoint_sha256"]:
-            return IterationPlan(pending["iteration"], pending["resource"], pending["target"],
-                                 [ProposalPlan.from_record(p) for p in pending["plans"]], pending["note"])
-        step = self._plan_fresh()
-        state.pending = step.to_dict(parent["checkpoint_sha256"]) if step.plans else None
+        pending, parent_sha = state.pending, state.current.checkpoint_sha256
+        if pending and pending.iteration == len(state.iterations) and pending.parent_sha256 == parent_sha:
+            return pending
+        step = plan_iteration(self.ctx, state).model_copy(update={"parent_sha256": parent_sha})
+        state.pending = step if step.plans else None
         state.save(self.run_dir)
         faults.point("plan-saved")
         return step
 
-    def _plan_fresh(self) -> IterationPlan:
-        state, cfg, ctx = self.state, self.cfg, self.ctx
-        i = len(state.iterations)
-        parent_model, _, _ = load_checkpoint(state.current["checkpoint"])
-        missing = state.unmet(cfg)
-        if not missing:
-            raise ValueError("every budget is met: there is no iteration to plan")
-        driving = missing[0]
-        guards = [b for b in state.budgets(cfg) if b not in missing]
-        now = state.values(state.current, cfg)
-        model = state.latency_model(cfg)
-        step = reduction(i, driving.resource, state.values(state.baseline, cfg), cfg)
-        floor = self._target_floor(driving, model.relative_error())
-        groups = prunable_groups(parent_model, ctx.input_shape, ctx.params.adapt.exclude)
-        eligible = [g for g in groups if group_options(ctx, g)]
-        if not eligible:
-            return IterationPlan(i, driving.resource, floor, [], self._at_minimum_reason(driving, now))
-        needed = max(1, math.ceil(cfg.min_proposal_share * len(eligible)))
-        best: tuple[float, list[ProposalPlan]] | None = None
-        estimates: dict[str, GroupEstimates] = {}  # variants built once per iteration, whatever the target
-        for _ in range(MAX_SHRINKS + 1):
-            target = max(now[driving.resource] - step, floor)
-            plans = plan_proposals(ctx, parent_model, i, now, target, driving.resource, guards, model, estimates)
-            if best is None or len(plans) > len(best[1]):
-                best = (target, plans)
-            if len(plans) >= needed:
-                break
-            ctx.log(f"iteration {i + 1}: {len(plans)} of {len(eligible)} groups can remove "
-                    f"{format_value(driving.resource, step)}; halving the step")
-            step /= 2
-        target, plans = best
-        note = ""
-        if not plans:
-            # the LUT sees no group reaching even the smallest step, yet the network misses its budget
-            # by measurement: take one grid step from every group and let measurement decide
-            plans = plan_proposals(ctx, parent_model, i, now, None, driving.resource, guards, model, estimates)
-            note = (f"no group meets {format_value(driving.resource, target)} by the latency model; one grid "
-                    "step per group")
-            ctx.log(f"iteration {i + 1}: {note}")
-            if not plans:
-                return IterationPlan(i, driving.resource, target, [], self._guarded_reason(driving, guards))
-        if driving.resource == "latency" and cfg.latency_source == "measured":
-            plans = self._verify(parent_model, {g.id: g for g in groups}, plans, target, now["latency"], estimates)
-        return IterationPlan(i, driving.resource, target, plans, note)
-
-    def _target_floor(self, driving: Budget, rel_error: float) -> float:
-        """Targets stop just below the budget: past it, a step only costs accuracy. Measured latency
-        keeps a margin of the model's uncertainty (at least 1%), so the last pick lands under it."""
-        if driving.resource == "latency" and self.cfg.latency_source == "measured":
-            return driving.limit * (1 - max(rel_error, 0.01))
-        return driving.limit
-
-    def _verify(self, parent_model: nn.Module, groups: dict[str, PrunableGroup], plans: list[ProposalPlan],
-                target: float, parent_ms: float, estimates: dict[str, GroupEstimates]) -> list[ProposalPlan]:
-        """Measure candidates before training (``adapt.verify``: all, or under ``auto`` those whose
-        prediction lies within the model's uncertainty of the target); one measured over the target
-        loses more filters, a grid step at a time.
-
-        The candidates of a round are timed together, interleaved with the parent
-        (``measure_relative``): the parent is timed once per round instead of once per
-        candidate, and every candidate sees the same drift of the machine as its reference."""
-        cfg, ctx = self.cfg, self.ctx
-        if cfg.verify == "none":
-            return plans
-        model = self.state.latency_model(cfg)
-        margin = max(2 * model.relative_error(), 0.01) * parent_ms
-        parent_lut_ms = ctx.estimator.estimate_ms(parent_model)
-        checked: list[ProposalPlan] = list(plans)
-        # index in ``checked`` -> (grid options, position of the width now tried)
-        todo: dict[int, tuple[list[int], int]] = {}
-        for k, plan in enumerate(plans):
-            if cfg.verify == "auto" and target - plan.estimated_ms >= margin:
-                continue
-            options = group_options(ctx, groups[plan.group])
-            todo[k] = (options, options.index(plan.channels_after))
-        for extra in range(cfg.verify_max_extra_steps + 1):
-            if not todo:
-                break
-            ks = list(todo)
-            variants = [estimates[checked[k].group].variant(todo[k][0][todo[k][1]]) for k in ks]
-            pairs = measure_relative(ctx.platform, variants, parent_model, ctx.input_shape, cfg.verify_repeats)
-            for k, variant, (own, ref) in zip(ks, variants, pairs):
-                options, index = todo.pop(k)
-                measured = own.median_ms / ref.median_ms * parent_ms
-                candidate = estimates[checked[k].group].plan(checked[k].iteration, options[index], checked[k].seed)
-                self.state.latency_points.append(LatencyPoint(
-                    lut_ms=ctx.estimator.estimate_ms(variant), measured_ms=measured,
-                    parent_lut_ms=parent_lut_ms, parent_measured_ms=parent_ms,
-                    predicted_ms=candidate.estimated_ms, kind="candidate").model_dump())
-                checked[k] = candidate.model_copy(update={"verified_ms": measured})
-                if measured > target and index + 1 < len(options):
-                    todo[k] = (options, index + 1)  # over the target: one grid step narrower
-        verified = [p for p in checked if p.verified_ms is not None]
-        if verified:
-            ctx.log(f"iteration {plans[0].iteration + 1}: measured {len(verified)} candidate(s) for the target "
-                    f"{target:.3f} ms: " + ", ".join(f"{p.group}->{p.channels_after} {p.verified_ms:.3f} "
-                                                     f"(predicted {p.estimated_ms:.3f})" for p in verified))
-        return checked
-
     # ------------------------------------------------------------------ commit
     def commit(self, step: IterationPlan, results: list[ProposalResult],
-               timing: dict[str, float]) -> dict[str, Any] | None:
+               timing: dict[str, float]) -> IterationRecord | None:
         """Keep the best proposal measured no slower than its parent as net_{i+1}; None if none is."""
         state, cfg, ctx = self.state, self.cfg, self.ctx
         started = time.perf_counter()
         parent = state.current
         parent_ms = state.latency(parent, cfg)
         rejected: list[dict[str, Any]] = []
-        for candidate in rank_proposals(results, cfg.pick, parent["holdout_accuracy"], parent_ms):
+        for candidate in rank_proposals(results, cfg.pick, parent.holdout_accuracy, parent_ms):
             model, _, _ = load_checkpoint(candidate.checkpoint)
             point, slower = self._measure_pick(model, candidate.plan, parent)
             faults.point("pick-measured")
             state.latency_points.append(LatencyPoint(
-                lut_ms=point["lut_ms"], measured_ms=point["measured_ms"], parent_lut_ms=parent["lut_ms"],
-                parent_measured_ms=parent["measured_ms"], predicted_ms=candidate.plan.estimated_ms).model_dump())
+                lut_ms=point["lut_ms"], measured_ms=point["measured_ms"], parent_lut_ms=parent.lut_ms,
+                parent_measured_ms=parent.measured_ms, predicted_ms=candidate.plan.estimated_ms))
             if slower is not None:
                 rejected.append({"group": candidate.plan.group, "vs_parent": slower})
                 ctx.log(f"iteration {step.iteration + 1}: pick {candidate.plan.group}->"
@@ -329,7 +211,7 @@ class NetAdapt:
         return None
 
     def _measure_pick(self, model: nn.Module, plan: ProposalPlan,
-                      parent: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+                      parent: NetworkPoint) -> tuple[dict[str, Any], float | None]:
         """The pick's point (measured against the start network) and, when it is confirmed slower
         than its parent, its latency ratio to the parent (else None).
 
@@ -343,13 +225,13 @@ class NetAdapt:
         if cfg.latency_source != "measured":
             return point, None
         first, expected = point["measured_ms"], plan.latency_ms
-        above_parent = first > parent["measured_ms"] * (1 + cfg.slower_tolerance)
+        above_parent = first > parent.measured_ms * (1 + cfg.slower_tolerance)
         if not above_parent and abs(first - expected) <= RECHECK_SHARE * expected:
             return point, None
-        parent_model, _, _ = load_checkpoint(parent["checkpoint"])
+        parent_model, _, _ = load_checkpoint(parent.checkpoint)
         own, ref = ctx.platform.measure_networks([model, parent_model], ctx.input_shape)
         ratio = own.median_ms / ref.median_ms
-        estimates = [first, ratio * parent["measured_ms"]]
+        estimates = [first, ratio * parent.measured_ms]
         if plan.verified_ms is not None:
             estimates.append(plan.verified_ms)
         point["measured_ms"] = statistics.median(estimates)
@@ -358,35 +240,36 @@ class NetAdapt:
 
     def _keep(self, step: IterationPlan, best: ProposalResult, proposals: list[ProposalResult],
               point: dict[str, float], rejected: list[dict[str, Any]], timing: dict[str, float],
-              started: float) -> dict[str, Any]:
+              started: float) -> IterationRecord:
         state, run_dir = self.state, self.run_dir
         iteration = step.iteration + 1
         final_ckpt = run_dir / f"iter_{iteration:03d}.pt"
         atomic_write_bytes(final_ckpt, Path(best.checkpoint).read_bytes())  # a copy: until the state is
         # saved, the proposal stays where a resumed run finds it
-        record = {
-            "iteration": iteration,
-            "group": best.plan.group,
-            "channels_before": best.plan.channels_before,
-            "channels_after": best.plan.channels_after,
-            "filters_removed": best.plan.n_remove,
-            "resource": step.resource,
-            "target": step.target,
-            "estimated_ms": best.plan.estimated_ms,
-            "verified_ms": best.plan.verified_ms,
-            "slope": state.latency_model(self.cfg).slope,
-            "holdout_accuracy": best.holdout_accuracy,
-            "checkpoint": str(final_ckpt),
-            "checkpoint_sha256": file_sha256(final_ckpt),
-            "proposals": [dict(p.to_dict(), picked=p is best) for p in proposals],
-            "rejected": rejected,
-            "screened_out": self.screened_out,
-            "note": step.note,
-            "timing": timing,
+        checkpoint_sha256 = file_sha256(final_ckpt)
+        timing = {**timing, "commit_s": round(time.perf_counter() - started, 3)}
+        record = IterationRecord(
+            iteration=iteration,
+            group=best.plan.group,
+            channels_before=best.plan.channels_before,
+            channels_after=best.plan.channels_after,
+            filters_removed=best.plan.n_remove,
+            resource=step.resource,
+            target=step.target,
+            estimated_ms=best.plan.estimated_ms,
+            verified_ms=best.plan.verified_ms,
+            slope=state.latency_model(self.cfg).slope,
+            holdout_accuracy=best.holdout_accuracy,
+            checkpoint=str(final_ckpt),
+            checkpoint_sha256=checkpoint_sha256,
+            proposals=[dict(p.to_dict(), picked=p is best) for p in proposals],
+            rejected=rejected,
+            screened_out=self.screened_out,
+            note=step.note,
+            timing=timing,
+            seconds=round(sum(timing.values()), 3),
             **point,
-        }
-        timing["commit_s"] = round(time.perf_counter() - started, 3)
-        record["seconds"] = round(sum(timing.values()), 3)
+        )
         state.iterations.append(record)
         state.pending = None
         self.ctx.estimator.save()
@@ -395,30 +278,17 @@ class NetAdapt:
         shutil.rmtree(run_dir / "proposals", ignore_errors=True)
         return record
 
-    # ------------------------------------------------------------------ why a run ends unmet
-    def _at_minimum_reason(self, driving: Budget, now: dict[str, float]) -> str:
-        return (f"every layer is at its minimum width (lut.min_channel_ratio={self.ctx.params.lut.min_channel_ratio}) "
-                f"and the network is at {format_value(driving.resource, now[driving.resource])}, over "
-                f"{driving.describe()}: the budget is below the smallest network the grid allows. Fix: raise the "
-                "budget, or lower lut.min_channel_ratio and rebuild the LUT (netadapt lut).")
-
-    def _guarded_reason(self, driving: Budget, guards: list[Budget]) -> str:
-        return ("every group that can still be pruned would break a budget already met ("
-                + ", ".join(b.describe() for b in guards) + f") while {driving.describe()} is unmet. Fix: "
-                "relax one of these budgets.")
-
     def _all_slower_reason(self, step: IterationPlan) -> str:
         return (f"iteration {step.iteration + 1}: every proposal measured slower than its parent although the "
                 "LUT predicted each to be faster: the LUT and measurement disagree on this machine. Fix: rebuild "
                 "the LUT here (netadapt lut), check the machine is idle, or raise adapt.slower_tolerance.")
 
 
-def describe_iteration(record: dict[str, Any]) -> str:
-    resource = record.get("resource", "latency")
+def describe_iteration(record: IterationRecord) -> str:
+    r = record
     return (
-        f"iter {record['iteration']:2d}: {record['group']} {record['channels_before']}->"
-        f"{record['channels_after']}  target {resource} {format_value(resource, record['target'])}  "
-        f"lut {record['lut_ms']:.3f}  measured {record['measured_ms']:.3f} ms  "
-        f"{format_value('macs', record['macs'])}  {format_value('params', record['params'])}  "
-        f"holdout {record['holdout_accuracy']:.4f}  ({len(record['proposals'])} proposals, {record['seconds']:.0f}s)"
+        f"iter {r.iteration:2d}: {r.group} {r.channels_before}->{r.channels_after}  target {r.resource} "
+        f"{format_value(r.resource, r.target)}  lut {r.lut_ms:.3f}  measured {r.measured_ms:.3f} ms  "
+        f"{format_value('macs', r.macs)}  {format_value('params', r.params)}  "
+        f"holdout {r.holdout_accuracy:.4f}  ({len(r.proposals)} proposals, {r.seconds:.0f}s)"
     )

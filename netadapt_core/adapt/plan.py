@@ -13,7 +13,7 @@ from torch import nn
 from ..config import ConfigError
 from ..errors import NetAdaptError
 from ..latency_model import LatencyModel
-from ..lut import WidthTemplate, channel_grid
+from ..lut import ChannelGrid, WidthTemplate
 from ..resources import Budget, count_macs_params, format_value
 from ..surgery import prunable_groups, prune_group
 from .context import Context
@@ -144,7 +144,7 @@ def group_options(ctx: Context, group) -> list[int]:
     g = ctx.estimator.lut.grid.get(group.id)
     if g is None:
         raise ConfigError(f"group {group.id} is not in the LUT grid; rebuild the LUT for this network")
-    return [c for c in channel_grid(g["original"], g["step"], g["min"]) if c < group.channels]
+    return [c for c in g.widths() if c < group.channels]
 
 
 def _fewest_meeting(estimate: GroupEstimates, options: list[int], target: float | None) -> int | None:
@@ -213,13 +213,12 @@ def plan_proposals(ctx: Context, parent: nn.Module, iteration: int, current: dic
     return plans
 
 
-def smallest_network(model: nn.Module, input_shape: tuple[int, ...], grid: dict[str, dict[str, int]],
+def smallest_network(model: nn.Module, input_shape: tuple[int, ...], grid: ChannelGrid,
                      exclude: list[str]) -> nn.Module:
     """A copy of ``model`` with every group it may prune at the narrowest width of the LUT grid."""
     smallest = copy.deepcopy(model)
     for group in prunable_groups(smallest, input_shape, exclude):
-        g = grid[group.id]
-        floor = channel_grid(g["original"], g["step"], g["min"])[-1]
+        floor = grid[group.id].widths()[-1]
         if floor < group.channels:
             prune_group(smallest, group.id, group.channels - floor, input_shape)
     return smallest

@@ -29,6 +29,7 @@ from ..surgery import SurgeryError, check_surgery
 from ..training import evaluate
 from .context import Context, measure_point
 from .plan import check_reachable
+from .records import IterationPlan, IterationRecord, NetworkPoint
 
 STATE_FILE = "state.json"
 
@@ -53,12 +54,12 @@ class RunState(BaseModel):
 
     config_hash: str
     pretrained_sha256: str
-    baseline: dict[str, Any]
-    iterations: list[dict[str, Any]] = Field(default_factory=list)
+    baseline: NetworkPoint
+    iterations: list[IterationRecord] = Field(default_factory=list)
     status: Literal["running", "done", "unmet", "max_iterations"] = "running"
     reason: str | None = None
-    latency_points: list[dict[str, Any]] = Field(default_factory=list)
-    pending: dict[str, Any] | None = None
+    latency_points: list[LatencyPoint] = Field(default_factory=list)
+    pending: IterationPlan | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> RunState:
@@ -71,16 +72,16 @@ class RunState(BaseModel):
             raise run_state_error(path, ValueError(
                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))) from None
 
-    def latency(self, record: dict[str, Any], cfg: AdaptConfig) -> float:
+    def latency(self, record: NetworkPoint, cfg: AdaptConfig) -> float:
         """A record's latency (``adapt.latency_source``): measured, or the LUT's."""
-        return record["measured_ms" if cfg.latency_source == "measured" else "lut_ms"]
+        return record.measured_ms if cfg.latency_source == "measured" else record.lut_ms
 
     def start_ms(self, cfg: AdaptConfig) -> float:
         return self.latency(self.baseline, cfg)
 
-    def values(self, record: dict[str, Any], cfg: AdaptConfig) -> dict[str, float]:
+    def values(self, record: NetworkPoint, cfg: AdaptConfig) -> dict[str, float]:
         """A record's value of every resource: latency, MACs and parameters."""
-        return {"latency": self.latency(record, cfg), "macs": float(record["macs"]), "params": float(record["params"])}
+        return {"latency": self.latency(record, cfg), "macs": float(record.macs), "params": float(record.params)}
 
     def budgets(self, cfg: AdaptConfig) -> list[Budget]:
         """Every budget of the run (primary first), resolved against the start network."""
@@ -92,11 +93,10 @@ class RunState(BaseModel):
 
     def latency_model(self, cfg: AdaptConfig) -> LatencyModel:
         """The run's latency model: the start network and every network measured since."""
-        return LatencyModel(self.baseline["lut_ms"], [LatencyPoint(**p) for p in self.latency_points],
-                            anchored=cfg.latency_source == "measured")
+        return LatencyModel(self.baseline.lut_ms, list(self.latency_points), anchored=cfg.latency_source == "measured")
 
     @property
-    def current(self) -> dict[str, Any]:
+    def current(self) -> NetworkPoint:
         return self.iterations[-1] if self.iterations else self.baseline
 
     def save(self, run_dir: Path) -> None:
@@ -156,12 +156,12 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         try:
-            old = RunState.load(state_path)
+            old: RunState | None = RunState.load(state_path)
         except RunStateError:
             if not params.adapt.fresh:
                 raise
-            old = RunState(config_hash="damaged", pretrained_sha256="", baseline={})  # adapt.fresh: moved aside below like any other run
-        same = old.config_hash == config_hash and old.pretrained_sha256 == pretrained_sha
+            old = None  # adapt.fresh: moved aside below like any other run
+        same = old is not None and old.config_hash == config_hash and old.pretrained_sha256 == pretrained_sha
         if same and not params.adapt.fresh:
             ctx.log(f"resuming {run_dir}: {len(old.iterations)} iteration(s) done")
             return run_dir, old
@@ -185,20 +185,19 @@ def open_run(ctx: Context) -> tuple[Path, RunState]:
     if len(skipped) == len(surgery):
         raise SurgeryError("no layer of this network can be pruned: " + "; ".join(f"{g}: {w}" for g, w in surgery.items()))
     baseline_ckpt = run_dir / "iter_000.pt"  # copied there once the run is known to be feasible
-    baseline = {
-        "iteration": 0,
-        "checkpoint": str(baseline_ckpt),
-        "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=params.adapt.threads,
-                                     channels_last=params.adapt.channels_last),
+    baseline = NetworkPoint(
+        iteration=0,
+        checkpoint=str(baseline_ckpt),
+        holdout_accuracy=evaluate(model, ctx.data.holdout, threads=params.adapt.threads,
+                                  channels_last=params.adapt.channels_last),
         **measure_point(ctx, model, passes=START_PASSES),
-    }
-    probe = RunState(config_hash=config_hash, pretrained_sha256=pretrained_sha, baseline=baseline)
-    check_reachable(ctx, model, probe.budgets(params.adapt), probe.values(baseline, params.adapt))
+    )
+    state = RunState(config_hash=config_hash, pretrained_sha256=pretrained_sha, baseline=baseline)
+    check_reachable(ctx, model, state.budgets(params.adapt), state.values(baseline, params.adapt))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(baseline_ckpt, Path(params.pretrain.checkpoint).read_bytes())
     atomic_write_json(run_dir / "surgery.json", surgery)
-    baseline["checkpoint_sha256"] = file_sha256(baseline_ckpt)
-    state = RunState(config_hash=config_hash, pretrained_sha256=pretrained_sha, baseline=baseline)
+    baseline.checkpoint_sha256 = file_sha256(baseline_ckpt)
     state.save(run_dir)
     ctx.estimator.save()
     return run_dir, state

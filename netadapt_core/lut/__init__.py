@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from .build import CALIBRATION_NETWORKS, build_lut
 from .signatures import (
+    ChannelGrid,
+    GroupGrid,
     LayerUse,
     WidthTemplate,
     channel_grid,
@@ -31,7 +33,21 @@ from .signatures import (
 from .table import LUT_FORMAT, OVERLAY_FORMAT, LatencyEstimator, LatencyLUT, LutError
 
 __all__ = [
-    "CALIBRATION_NETWORKS", "LUT_FORMAT", "OVERLAY_FORMAT", "LatencyEstimator", "LatencyLUT", "LayerUse",
-    "LutError", "WidthTemplate", "build_lut", "channel_grid", "layer_uses", "min_channels", "network_fingerprint",
-    "random_variant", "uniform_variant",
+    "CALIBRATION_NETWORKS",
+    "LUT_FORMAT",
+    "OVERLAY_FORMAT",
+    "ChannelGrid",
+    "GroupGrid",
+    "LatencyEstimator",
+    "LatencyLUT",
+    "LayerUse",
+    "LutError",
+    "WidthTemplate",
+    "build_lut",
+    "channel_grid",
+    "layer_uses",
+    "min_channels",
+    "network_fingerprint",
+    "random_variant",
+    "uniform_variant",
 ]

@@ -20,7 +20,7 @@ from ..config import LutConfig
 from ..layers import layer_kind, resized
 from ..platforms import measure_relative
 from ..surgery import dependency_graph, prunable_groups, prune_group
-from .signatures import LayerUse, channel_grid, min_channels, network_fingerprint, random_variant
+from .signatures import GroupGrid, LayerUse, network_fingerprint, random_variant
 from .table import LatencyEstimator, LatencyLUT
 
 
@@ -54,10 +54,7 @@ def build_lut(
     meta = platform.metadata()
     network = network_fingerprint(arch, input_shape)
     groups = prunable_groups(model, input_shape)
-    grid = {
-        g.id: {"original": g.channels, "min": min_channels(g.channels, cfg.min_channel_ratio), "step": cfg.channel_step}
-        for g in groups
-    }
+    grid = {g.id: GroupGrid.of(g.channels, cfg.channel_step, cfg.min_channel_ratio) for g in groups}
     lut = existing or LatencyLUT(meta, network, grid)
     lut.check_compatible(meta, network, "(existing)")
     lut.grid = grid
@@ -74,7 +71,7 @@ def build_lut(
         variant = copy.deepcopy(model)
         graph = dependency_graph(variant, input_shape)  # traced once, pruned step by step
         current = group.channels
-        for channels in channel_grid(group.channels, cfg.channel_step, grid[group.id]["min"]):
+        for channels in grid[group.id].widths():
             if channels < current:
                 prune_group(variant, group.id, current - channels, input_shape, graph=graph)
                 current = channels

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..checkpoint import Architecture
@@ -66,27 +67,46 @@ def min_channels(original: int, ratio: float) -> int:
     return max(1, math.ceil(original * ratio))
 
 
-def uniform_variant(model, input_shape, grid: dict[str, dict[str, int]], ratio: float):
+class GroupGrid(BaseModel):
+    """The widths one group may take: ``original`` down to ``min`` in steps of ``step``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    original: int = Field(ge=1)
+    step: int = Field(ge=1)
+    min: int = Field(ge=1)
+
+    @classmethod
+    def of(cls, original: int, step: int, min_ratio: float) -> GroupGrid:
+        return cls(original=original, step=step, min=min_channels(original, min_ratio))
+
+    def widths(self) -> list[int]:
+        """Every width of the grid, largest (the original) first."""
+        return channel_grid(self.original, self.step, self.min)
+
+
+ChannelGrid = dict[str, GroupGrid]  # group id -> its widths
+
+
+def uniform_variant(model, input_shape, grid: ChannelGrid, ratio: float):
     """A copy of ``model`` with every group cut to the grid width nearest ``ratio`` of the original."""
     variant = copy.deepcopy(model)
     for group in prunable_groups(variant, input_shape):
         g = grid[group.id]
-        options = channel_grid(g["original"], g["step"], g["min"])
-        want = min(options, key=lambda c: abs(c - ratio * g["original"]))
+        want = min(g.widths(), key=lambda c: abs(c - ratio * g.original))
         if want < group.channels:
             prune_group(variant, group.id, group.channels - want, input_shape)
     return variant
 
 
-def random_variant(model, input_shape, grid: dict[str, dict[str, int]], rng: random.Random,
+def random_variant(model, input_shape, grid: ChannelGrid, rng: random.Random,
                    cut_probability: float = 0.5):
     """A copy of ``model`` where each group, with probability ``cut_probability``, is cut to a random
     grid width: non-uniform, like the networks an adaptation makes (some groups cut, the rest
     untouched); a higher probability makes a smaller network."""
     variant = copy.deepcopy(model)
     for group in prunable_groups(variant, input_shape):
-        g = grid[group.id]
-        options = channel_grid(g["original"], g["step"], g["min"])[1:]
+        options = grid[group.id].widths()[1:]
         if options and rng.random() < cut_probability:
             prune_group(variant, group.id, group.channels - rng.choice(options), input_shape)
     return variant

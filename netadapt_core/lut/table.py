@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write_json
 from ..errors import NetAdaptError
-from .signatures import LayerUse, layer_uses
+from .signatures import ChannelGrid, GroupGrid, LayerUse, layer_uses
 
 LOG = logging.getLogger("netadapt")
 LUT_FORMAT = "netadapt-lut/1"
@@ -34,7 +34,7 @@ class LatencyLUT:
         self,
         platform: dict[str, Any],
         network: dict[str, Any],
-        grid: dict[str, dict[str, int]],
+        grid: dict[str, GroupGrid] | dict[str, dict[str, int]],
         entries: dict[str, dict[str, Any]] | None = None,
         rest_ms: float | None = None,
         scale: float = 1.0,
@@ -43,7 +43,7 @@ class LatencyLUT:
     ) -> None:
         self.platform = platform
         self.network = network
-        self.grid = grid
+        self.grid: ChannelGrid = {gid: GroupGrid.model_validate(g) for gid, g in grid.items()}
         self.entries = entries or {}
         self.rest_ms = rest_ms
         self.scale = scale
@@ -55,7 +55,7 @@ class LatencyLUT:
             "format": LUT_FORMAT,
             "platform": self.platform,
             "network": self.network,
-            "grid": self.grid,
+            "grid": {gid: g.model_dump() for gid, g in self.grid.items()},
             "rest_ms": self.rest_ms,
             "scale": self.scale,
             "environment": self.environment,

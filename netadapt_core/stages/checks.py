@@ -5,10 +5,10 @@ starts or a measurement runs; reading the adaptation's run state for the later s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..adapt import (
     STATE_FILE,
+    IterationRecord,
     RunState,
     architecture,
     check_pretrained,
@@ -21,7 +21,6 @@ from ..checkpoint import (
     check_writable,
     check_writable_dir,
     load_checkpoint,
-    run_state_error,
 )
 from ..config import Params
 from ..data import check_data
@@ -137,36 +136,22 @@ def _check_start_network(params: Params) -> None:
         load_weights(model, params.model.weights, arch.name)
 
 
-def _check_iteration_checkpoints(records: list[dict[str, Any]]) -> None:
+def _check_iteration_checkpoints(records: list[IterationRecord]) -> None:
     for record in records:
-        if not Path(record["checkpoint"]).is_file():
+        if not Path(record.checkpoint).is_file():
             raise CheckpointError(
-                f"checkpoint {record['checkpoint']} of the adaptation's iteration {record['iteration']} does not "
+                f"checkpoint {record.checkpoint} of the adaptation's iteration {record.iteration} does not "
                 "exist. Fix: restore the run directory (e.g. `dvc checkout`), or run `netadapt adapt` again"
             )
 
 
 def load_run_state(params: Params) -> RunState:
     """The adaptation in ``adapt.run_dir``: a ``StageOrderError`` when there is none, a ``RunStateError``
-    when its ``state.json`` is damaged."""
+    when its ``state.json`` is damaged (every record is checked as it loads: ``RunState``)."""
     path = Path(params.adapt.run_dir) / STATE_FILE
     if not path.is_file():
         raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt` first")
-    state = RunState.load(path)
-    try:
-        _check_iteration_records(state.iterations)
-    except (TypeError, KeyError) as exc:
-        raise run_state_error(path, exc) from None
-    return state
-
-
-def _check_iteration_records(records: list[Any]) -> None:
-    for record in records:
-        if not isinstance(record, dict):
-            raise TypeError(f"an iteration record is a {type(record).__name__}")
-        for key in ("iteration", "checkpoint"):
-            if key not in record:
-                raise KeyError(f"{key} of an iteration record")
+    return RunState.load(path)
 
 
 def check_budgets_reachable(params: Params, log: Log = print) -> None:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapt import STATE_FILE
-from ..checkpoint import file_sha256, load_checkpoint, read_run_state
+from ..adapt import STATE_FILE, IterationRecord, RunState
+from ..checkpoint import file_sha256, load_checkpoint
 from ..config import Params
 from ..errors import StageOrderError
 from ..export import check_export, export_network, sample_images
@@ -16,7 +16,7 @@ from ..layers import channel_spec
 from .common import Log
 
 
-def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], IterationRecord]:
     """The fine-tuned network of the adaptation's final iteration, as ``netadapt finetune`` wrote it.
 
     Returns (checkpoint path, its record in ``finetune.out_dir/results.json``, the iteration's record
@@ -27,18 +27,18 @@ def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], dict[str
     if not state_path.is_file():
         raise StageOrderError(f"no adaptation in {params.adapt.run_dir}; run `netadapt adapt`, then "
                               "`netadapt finetune` first")
-    state = read_run_state(state_path)
-    if not state["iterations"]:
+    state = RunState.load(state_path)
+    if not state.iterations:
         raise StageOrderError(
-            f"the adaptation in {params.adapt.run_dir} ended ({state['status']}: {state.get('reason')}) before "
+            f"the adaptation in {params.adapt.run_dir} ended ({state.status}: {state.reason}) before "
             "its first iteration: there is no adapted network to export"
         )
-    last = state["iterations"][-1]
+    last = state.iterations[-1]
     results_path = Path(params.finetune.out_dir) / "results.json"
     try:
         results = json.loads(results_path.read_text()) if results_path.is_file() else []
         tuned = {int(r["iteration"]): r for r in results}
-        record = tuned.get(last["iteration"])
+        record = tuned.get(last.iteration)
         found = record is not None and Path(record["checkpoint"]).is_file()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StageOrderError(
@@ -48,7 +48,7 @@ def finetuned_checkpoint(params: Params) -> tuple[Path, dict[str, Any], dict[str
         where = (f"{results_path} has iterations {sorted(tuned)}" if results_path.is_file()
                  else f"{results_path} does not exist")
         raise StageOrderError(
-            f"no fine-tuned network of the adaptation's final iteration {last['iteration']} ({where}); "
+            f"no fine-tuned network of the adaptation's final iteration {last.iteration} ({where}); "
             "run `netadapt finetune` first"
         )
     return Path(record["checkpoint"]), record, last
@@ -61,7 +61,7 @@ def run_export(params: Params, log: Log = print, check: bool = False) -> dict[st
     """
     path, record, iteration = finetuned_checkpoint(params)
     model, arch, _ = load_checkpoint(path)
-    if channel_spec(load_checkpoint(iteration["checkpoint"])[0]) != channel_spec(model):
+    if channel_spec(load_checkpoint(iteration.checkpoint)[0]) != channel_spec(model):
         raise StageOrderError(
             f"the fine-tuned network {path} has other layer widths than the adaptation's iteration "
             f"{record['iteration']} in {params.adapt.run_dir} (it was fine-tuned from another adaptation); "

@@ -9,6 +9,8 @@ from typing import Any
 from .. import faults
 from ..adapt import (
     Context,
+    IterationRecord,
+    NetworkPoint,
     make_context,
     measure_point,
 )
@@ -23,13 +25,13 @@ from .checks import load_run_state
 from .common import Log
 
 
-def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _finetune_point(ctx: Context, record: IterationRecord, baseline: NetworkPoint, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.params.finetune
-    model, arch, meta = load_checkpoint(record["checkpoint"])
+    model, arch, meta = load_checkpoint(record.checkpoint)
     steps = steps_for_epochs(ctx.data.train, cfg.batch_size, cfg.epochs)
-    stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record["iteration"], cosine=True, log=ctx.log)
+    stats = train(model, ctx.data.train, cfg, steps, seed=cfg.seed + record.iteration, cosine=True, log=ctx.log)
     result = {
-        "iteration": record["iteration"],
+        "iteration": record.iteration,
         "test_accuracy": evaluate(model, ctx.data.test, threads=cfg.threads, device=cfg.device,
                                   channels_last=cfg.channels_last),
         "holdout_accuracy": evaluate(model, ctx.data.holdout, threads=cfg.threads, device=cfg.device,
@@ -38,7 +40,7 @@ def _finetune_point(ctx: Context, record: dict[str, Any], baseline: dict[str, An
         "finetune_seconds": round(stats.seconds, 1),
         **measure_point(ctx, model, baseline, passes=3),
     }
-    path = out_dir / f"iter_{record['iteration']:03d}.pt"
+    path = out_dir / f"iter_{record.iteration:03d}.pt"
     faults.point("finetune-trained")
     save_checkpoint(path, model, arch, {**meta, "finetune": result})
     result["checkpoint"] = str(path)

@@ -10,12 +10,10 @@ from typing import Any
 
 from ..adapt import (
     STATE_FILE,
+    RunState,
     architecture,
 )
-from ..checkpoint import (
-    load_checkpoint,
-    read_run_state,
-)
+from ..checkpoint import load_checkpoint
 from ..config import Params
 from ..lut import (
     LatencyEstimator,
@@ -48,10 +46,10 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     networks = [(f"uniform_{ratio:g}", uniform_variant(start, input_shape, lut.grid, ratio))
                 for ratio in params.lut.check_networks]
     state_path = Path(params.adapt.run_dir) / STATE_FILE
-    state = read_run_state(state_path) if state_path.is_file() else None
+    state = RunState.load(state_path) if state_path.is_file() else None
     if state is not None:
-        for record in state["iterations"]:
-            networks.append((f"adapt_iter_{record['iteration']:03d}", load_checkpoint(record["checkpoint"])[0]))
+        for record in state.iterations:
+            networks.append((f"adapt_iter_{record.iteration:03d}", load_checkpoint(record.checkpoint)[0]))
     at_build = lut.stats.get("network_ms")
     rows = []
     models = [model.eval() for _, model in networks]
@@ -90,10 +88,10 @@ def run_lut_check(params: Params, log: Log = print) -> dict[str, Any]:
     }
     if state is not None:
         # what planning used: each pick predicted from its parent's measurement (latency model)
-        points = [p for p in state.get("latency_points", []) if p.get("predicted_ms")]
+        points = [p for p in state.latency_points if p.predicted_ms]
         summary["predictions"] = {
-            kind: error_summary([abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"]
-                                 for p in points if p.get("kind", "pick") == kind])
+            kind: error_summary([abs(p.predicted_ms - p.measured_ms) / p.measured_ms
+                                 for p in points if p.kind == kind])
             for kind in ("pick", "candidate")
         }
     summary["plot"] = str(plot_lut_check(params))

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import report_html
 from ..adapt import (
+    IterationRecord,
     RunState,
 )
 from ..checkpoint import (
@@ -41,11 +42,11 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
             f"{results_path} is damaged ({type(exc).__name__}: {exc}). Fix: run `netadapt finetune` again"
         ) from None
     keys = ("measured_ms", "lut_ms", "macs", "params", "holdout_accuracy")
-    baseline = {k: state.baseline[k] for k in keys} | {"test_accuracy": pre_meta["test_accuracy"]}
-    last = state.iterations[-1] if state.iterations else state.baseline
-    final = {k: last[k] for k in keys} | {"iteration": last["iteration"]}
-    if last["iteration"] in finetuned:
-        tuned = finetuned[last["iteration"]]
+    baseline = state.baseline.model_dump(include=set(keys)) | {"test_accuracy": pre_meta["test_accuracy"]}
+    last = state.current
+    final = last.model_dump(include={*keys, "iteration"})
+    if last.iteration in finetuned:
+        tuned = finetuned[last.iteration]
         final |= {k: tuned[k] for k in ("holdout_accuracy", "test_accuracy")}
         final["remeasured_ms_after_finetune"] = tuned["measured_ms"]  # same architecture, timed again
         final["finetuned"] = True
@@ -68,7 +69,7 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
         "lut_rel_error_final": (final["lut_ms"] - final["measured_ms"]) / final["measured_ms"],
     }
     if "latency" in budgets:  # judged by measurement even when the run stopped on the LUT
-        measured = {**start, "latency": state.baseline["measured_ms"]}
+        measured = {**start, "latency": state.baseline.measured_ms}
         limit = next(b.limit for b in resolve_budgets(measured, cfg) if b.resource == "latency")
         metrics["budget_ms"] = limit
         metrics["budget_met_measured"] = final["measured_ms"] <= limit
@@ -77,25 +78,26 @@ def run_report(params: Params, log: Log = print) -> dict[str, Any]:
     atomic_write_json(params.report.metrics, metrics)
     rows = []
     for record in [state.baseline, *state.iterations]:
-        tuned = finetuned.get(record["iteration"], {})
+        tuned = finetuned.get(record.iteration, {})
+        pick = record if isinstance(record, IterationRecord) else None  # None: the start network
         rows.append({
-            "iteration": record["iteration"],
-            "group": record.get("group", ""),
-            "channels_before": record.get("channels_before", ""),
-            "channels_after": record.get("channels_after", ""),
-            "target_resource": record.get("resource", "latency" if "target_ms" in record else ""),
-            "target": round(record.get("target", record.get("target_ms", 0.0)), 4) if record["iteration"] else "",
-            "proposals": len(record.get("proposals", [])) if record["iteration"] else "",
-            "predicted_ms": round(record["estimated_ms"], 4) if record.get("estimated_ms") is not None else "",
-            "lut_ms": round(record["lut_ms"], 4),
-            "measured_ms": round(record["measured_ms"], 4),
-            "holdout_accuracy": record["holdout_accuracy"],
-            "macs": record["macs"],
-            "params": record["params"],
+            "iteration": record.iteration,
+            "group": pick.group if pick else "",
+            "channels_before": pick.channels_before if pick else "",
+            "channels_after": pick.channels_after if pick else "",
+            "target_resource": pick.resource if pick else "",
+            "target": round(pick.target, 4) if pick else "",
+            "proposals": len(pick.proposals) if pick else "",
+            "predicted_ms": round(pick.estimated_ms, 4) if pick and pick.estimated_ms is not None else "",
+            "lut_ms": round(record.lut_ms, 4),
+            "measured_ms": round(record.measured_ms, 4),
+            "holdout_accuracy": record.holdout_accuracy,
+            "macs": record.macs,
+            "params": record.params,
             "test_accuracy_finetuned": tuned.get("test_accuracy", ""),
         })
     write_csv(params.report.tradeoff, rows)
-    layers = layer_widths(params, last["checkpoint"])
+    layers = layer_widths(params, last.checkpoint)
     write_csv(params.report.layers, layers)
     plots = write_plots(params, rows, layers)
     html_path = write_html_report(params, metrics, rows, layers, plots, state, pre_meta, finetuned)
@@ -119,7 +121,7 @@ def write_html_report(params: Params, metrics: dict[str, Any], rows: list[dict[s
     timings = {
         "pretrain (or weights import)": pre_meta.get("seconds", ""),
         "LUT build": lut_stats.get("build_seconds", ""),
-        "adaptation (all iterations)": round(sum(r.get("seconds", 0.0) for r in state.iterations), 1),
+        "adaptation (all iterations)": round(sum(r.seconds for r in state.iterations), 1),
         "long-term fine-tuning": round(sum(r.get("finetune_seconds", 0.0) for r in finetuned.values()), 1),
     }
     setup = {
