@@ -60,7 +60,10 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, data_root):
 
 def test_unmet_budget_still_fine_tunes_and_reports_then_exits_3(tmp_path, tiny_params, pretrained, tiny_lut):
     """A run that ends without meeting its budget (here: adapt.max_iterations=1) keeps its pick,
-    `netadapt all` fine-tunes and reports the closest network, then exits non-zero naming the cause."""
+    `netadapt all` fine-tunes and reports the closest network, then exits non-zero naming the cause.
+
+    (The budget is half the start: one iteration's step (10%) lands far above it however the timing of
+    a loaded machine wanders; at 80% a noisy measurement once put the first pick under it.)"""
     from conftest import write_params
     from netadapt_core.config import with_overrides
 
@@ -69,7 +72,7 @@ def test_unmet_budget_still_fine_tunes_and_reports_then_exits_3(tmp_path, tiny_p
         f"adapt.run_dir={out}/run", f"finetune.out_dir={out}/finetuned", f"report.metrics={out}/metrics.json",
         f"report.tradeoff={out}/tradeoff.csv", f"report.lut_check={out}/lut_check.csv",
         f"report.layers={out}/layers.csv", f"report.data={out}/data.json", f"report.plots_dir={out}/plots",
-        f"tracking.uri=sqlite:///{out}/mlflow.db", "adapt.budget_ratio=0.8", "adapt.max_iterations=1",
+        f"tracking.uri=sqlite:///{out}/mlflow.db", "adapt.budget_ratio=0.5", "adapt.max_iterations=1",
     ])
     path = write_params(params, tmp_path / "params.yaml")
     env_home = {"PREFECT_HOME": str(tmp_path / "prefect")}
