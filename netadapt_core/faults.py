@@ -2,7 +2,9 @@
 kill would), to prove that a run resumes from any of them with nothing lost or half written.
 
 ``NETADAPT_FAULT=NAME`` kills at the first pass through point NAME, ``NAME@K`` at the K-th;
-``NETADAPT_HANG`` (same form) hangs there instead, as a stuck worker would. Unset (always, outside
+``NETADAPT_HANG`` (same form) hangs there instead, as a stuck worker would. With
+``NETADAPT_FAULT_ONCE=PATH`` only the first process to create PATH is killed: the workers of a pool
+all inherit the variables, and one dead worker (not each in turn) is the fault to test. Unset (always, outside
 tests), a point costs two dictionary lookups.
 """
 
@@ -37,8 +39,19 @@ def _due(variable: str, name: str) -> bool:
     return _passes[variable, name] == int(nth or 1)
 
 
+def _claimed() -> bool:
+    path = os.environ.get("NETADAPT_FAULT_ONCE")
+    if not path:
+        return True
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def point(name: str) -> None:
-    if _due("NETADAPT_FAULT", name):
+    if _due("NETADAPT_FAULT", name) and _claimed():
         os.kill(os.getpid(), signal.SIGKILL)
     if _due("NETADAPT_HANG", name):  # a hung worker: never returns, in small interruptible sleeps
         while True:

@@ -57,13 +57,23 @@ def test_one_task_per_group_then_a_pick(run_params, run_flow):
     assert Counter((e["iteration"], e["group"]) for e in _journal(params)) == Counter((0, g) for g in groups)
 
 
-def test_dask_two_workers_pick_like_threads(run_params, run_flow, tmp_path):
+def test_dask_two_workers_pick_like_threads_though_one_is_killed(run_params, run_flow, tmp_path, monkeypatch):
+    """A local Dask cluster of two worker processes (nanny-managed, as on a real cluster). The first
+    worker to finish training a proposal is SIGKILLed before saving it (``NETADAPT_FAULT`` once,
+    across processes): the nanny starts a new worker, the scheduler runs the task again, and the
+    iteration goes on with every proposal and the same picks as a run on threads."""
     threads = run_params(*DETERMINISTIC, f"adapt.run_dir={tmp_path}/threads")
     dask = run_params(*DETERMINISTIC, f"adapt.run_dir={tmp_path}/dask", "adapt.runner=dask", "adapt.workers=2")
     by_threads = run_flow(adapt_flow, threads)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("NETADAPT_FAULT", "proposal-trained")
+    monkeypatch.setenv("NETADAPT_FAULT_ONCE", str(marker))  # inherited by the workers the cluster spawns
     by_dask = run_flow(adapt_flow, dask)
+    assert marker.is_file(), "no worker was killed: the fault point was not reached"
     assert by_threads["status"] == by_dask["status"] == "done"
     assert by_dask["picks"] == by_threads["picks"] and len(by_dask["picks"]) >= 2
+    first = [_state(p)["iterations"][0]["proposals"] for p in (threads, dask)]
+    assert sorted(p["group"] for p in first[1]) == sorted(p["group"] for p in first[0])  # none skipped
     pids = {e["pid"] for e in _journal(dask)}
     assert os.getpid() not in pids and len(pids) >= 1  # proposals ran in Dask's worker processes
 
