@@ -55,16 +55,23 @@ def tiny() -> nn.Module:
     return build_model("tiny_cnn", num_classes=10, in_channels=1, width_mult=4.0).eval()
 
 
-@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "executorch", "command"])
+@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "executorch", "command", "command-pte"])
 def test_platform_measures_a_layer_and_a_network(name, tiny):
-    cfg = stand_in_cfg() if name == "command" else platform_cfg(f"platform.name={name}")
+    """(command-pte: the stand-in device gets ExecuTorch programs, as a phone would over adb.)"""
+    if name.startswith("command"):
+        cfg = stand_in_cfg(*(["platform.command.format=pte"] if name == "command-pte" else []))
+    else:
+        cfg = platform_cfg(f"platform.name={name}")
     platform = make_platform(cfg)
     layer = platform.measure_layer(tiny.down[0], (1, 32, 28, 28))
     network = platform.measure_network(tiny, SHAPE)
     assert layer.median_ms > 0 and network.median_ms > 0
     assert network.median_ms > layer.median_ms
     meta = platform.metadata()
-    assert meta["platform"] == name and meta["batch_size"] == cfg.batch_size
+    assert meta["platform"] == name.removesuffix("-pte") and meta["batch_size"] == cfg.batch_size
+    if name == "command-pte":  # a table of ExecuTorch programs is not one of ONNX models
+        assert meta["format"] == "pte" and meta["backend"] == "xnnpack" and "onnx_opset" not in meta
+        assert meta != make_platform(stand_in_cfg()).metadata()
     assert set(platform.environment()) >= {"hostname", "method"}
 
 
@@ -149,8 +156,10 @@ def test_platform_settings_are_validated():
         PLATFORMS.get("tpu")
     with pytest.raises(ConfigError, match="needs platform.command.argv"):
         load_params(None, ["platform.name=command"])
-    with pytest.raises(ConfigError, match=r"unknown placeholder.*'model'.*known: \{onnx\}"):
-        load_params(None, ["platform.command.argv=[bench, '{model}']"])
+    with pytest.raises(ConfigError, match=r"unknown placeholder.*'file'.*known: \{model\}, \{onnx\}, \{pte\}"):
+        load_params(None, ["platform.command.argv=[bench, '{file}']"])
+    with pytest.raises(ConfigError, match=r"uses \{onnx\} but platform.command.format is 'pte'.*Fix"):
+        load_params(None, ["platform.command.argv=[bench, '{onnx}']", "platform.command.format=pte"])
     with pytest.raises(ConfigError, match=r"platform.torch-cuda.device: String should match"):
         load_params(None, ["platform.torch-cuda.device=gpu0"])
 

@@ -1,8 +1,11 @@
 """``command``: a device the pipeline cannot run on (a phone over adb, a board over ssh), timed by a
-user command that gets each layer or network as an ONNX file and prints its latency."""
+user command that gets each layer or network as a file (an ONNX model, or an ExecuTorch program:
+``platform.command.format``) and prints its latency."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import math
 import os
 import re
@@ -13,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+from torch import nn
 
 from ..config import PlatformConfig
 from .base import Measurement, PlatformError
@@ -23,10 +27,11 @@ from .onnx import OnnxGraphPlatform, OnnxSettings
 
 
 class CommandSettings(OnnxSettings):
-    """``platform.command``: the argv that times an ONNX file on the device, and its label."""
+    """``platform.command``: the argv that times a model file on the device, the file's format, and
+    the device's label."""
 
     PLACEHOLDERS: ClassVar[tuple[str, ...]] = (
-        "onnx", "batch", "input_shape", "repeats", "warmup", "threads", "min_sample_ms", "python",
+        "model", "onnx", "pte", "batch", "input_shape", "repeats", "warmup", "threads", "min_sample_ms", "python",
     )
 
     argv: list[str] | None = Field(
@@ -34,6 +39,13 @@ class CommandSettings(OnnxSettings):
     )
     timeout_s: float = Field(600.0, gt=0, description="one run may last this long")
     device_name: str | None = Field(None, description="a label for the device (part of the LUT key)")
+    format: Literal["onnx", "pte"] = Field(
+        "onnx", description="the file the command gets: onnx (an ONNX model) or pte (an ExecuTorch program, the "
+        "file `netadapt export` ships for ExecuTorch)",
+    )
+    pte_backend: Literal["xnnpack", "portable"] = Field(
+        "xnnpack", description="format pte: the ExecuTorch backend the programs are lowered to",
+    )
 
     @field_validator("argv")
     @classmethod
@@ -56,6 +68,16 @@ class CommandSettings(OnnxSettings):
                     f"known: {', '.join('{' + p + '}' for p in cls.PLACEHOLDERS)}"
                 )
         return argv
+
+    @model_validator(mode="after")
+    def _placeholder_matches_format(self) -> CommandSettings:
+        other = {"onnx": "pte", "pte": "onnx"}[self.format]
+        if self.argv and any(f"{{{other}}}" in arg for arg in self.argv):
+            raise ValueError(
+                f"platform.command.argv uses {{{other}}} but platform.command.format is {self.format!r}. Fix: set "
+                f"platform.command.format: {other}, or write the file as {{{self.format}}} (or {{model}})"
+            )
+        return self
 
     def check_selected(self) -> None:
         if not self.argv:
@@ -92,8 +114,10 @@ def parse_latency(stdout: str) -> Measurement | None:
 class CommandPlatform(OnnxGraphPlatform):
     """A device the pipeline cannot run on, timed by a user command (``platform.command.argv``).
 
-    Per measurement the module is written to a temporary ``.onnx`` file (input ``input``, output
-    ``output``, fixed shape) and the argv is run with these placeholders filled in: ``{onnx}`` the file,
+    Per measurement the module is written to a temporary file, an ONNX model (``.onnx``, input
+    ``input``, output ``output``) or with ``platform.command.format: pte`` an ExecuTorch program
+    (``.pte``, lowered to ``platform.command.pte_backend``), both of fixed shape, and the argv is run
+    with these placeholders filled in: ``{model}`` the file (also ``{onnx}`` / ``{pte}``),
     ``{batch}``, ``{input_shape}`` (``N,C,H,W``), ``{repeats}``, ``{warmup}``, ``{threads}``,
     ``{min_sample_ms}`` (the ``platform.*`` settings) and ``{python}`` (this interpreter). Write a
     literal brace as ``{{`` or ``}}``.
@@ -114,6 +138,10 @@ class CommandPlatform(OnnxGraphPlatform):
         super().__init__(cfg)
         if not self.options.argv:
             raise PlatformError("platform 'command' needs platform.command.argv (examples/command_platform.yaml)")
+        if self.options.format == "pte" and importlib.util.find_spec("executorch") is None:
+            raise PlatformError("platform.command.format: pte lowers each model to an ExecuTorch program, which "
+                                "needs the executorch package. Fix: .venv/bin/pip install executorch, or set "
+                                "platform.command.format: onnx")
         self.program()  # a program that cannot run is refused now, before any export or measurement
 
     def program(self) -> str:
@@ -136,7 +164,7 @@ class CommandPlatform(OnnxGraphPlatform):
 
     def metadata(self) -> dict[str, Any]:
         """The command itself (with placeholders) and the device label key the LUT, not this host."""
-        return {
+        meta = {
             "platform": self.name,
             "device_name": self.options.device_name,
             "command": list(self.options.argv or []),
@@ -145,6 +173,21 @@ class CommandPlatform(OnnxGraphPlatform):
             "dtype": self.cfg.dtype,
             **super().metadata(),
         }
+        if self.options.format == "pte":  # (ONNX tables keep the key they had before pte existed)
+            meta |= {"format": "pte", "executorch": importlib.metadata.version("executorch"),
+                     "backend": self.options.pte_backend}
+            meta.pop("onnx_opset")
+        return meta
+
+    def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int,
+             cold_weights: bool = False, probe: bool = False) -> list[Measurement]:
+        if self.options.format == "onnx":
+            return super()._run(modules, input_shape, repeats, cold_weights, probe)
+        from .executorch_cpu import lower_to_executorch
+
+        shape = (self.cfg.batch_size, *input_shape[1:])
+        programs = [lower_to_executorch(m, shape, self.options.pte_backend) for m in modules]
+        return self._time_graphs(programs, shape, repeats, cold_weights, probe)
 
     def environment(self) -> dict[str, Any]:
         return {**super().environment(), "command_timeout_s": self.options.timeout_s}
@@ -155,21 +198,21 @@ class CommandPlatform(OnnxGraphPlatform):
         results = []
         with tempfile.TemporaryDirectory(prefix="netadapt-command-") as tmp:
             for i, graph in enumerate(graphs):
-                path = Path(tmp) / f"model{i}.onnx"
+                path = Path(tmp) / f"model{i}.{self.options.format}"
                 path.write_bytes(graph)
                 results.append(self._run_command(path, input_shape, repeats))
         return results
 
-    def argv(self, onnx: Path, input_shape: tuple[int, ...], repeats: int) -> list[str]:
+    def argv(self, model: Path, input_shape: tuple[int, ...], repeats: int) -> list[str]:
         values = {
-            "onnx": str(onnx), "batch": input_shape[0], "input_shape": ",".join(map(str, input_shape)),
+            "model": str(model), "onnx": str(model), "pte": str(model), "batch": input_shape[0], "input_shape": ",".join(map(str, input_shape)),
             "repeats": repeats, "warmup": self.cfg.warmup, "threads": self.cfg.threads,
             "min_sample_ms": self.cfg.min_sample_ms, "python": sys.executable,
         }
         return [arg.format(**values) for arg in self.options.argv or []]
 
-    def _run_command(self, onnx: Path, input_shape: tuple[int, ...], repeats: int) -> Measurement:
-        argv = self.argv(onnx, input_shape, repeats)
+    def _run_command(self, model: Path, input_shape: tuple[int, ...], repeats: int) -> Measurement:
+        argv = self.argv(model, input_shape, repeats)
         timeout = self.options.timeout_s
         try:
             # own process group: a timeout then also ends what a shell wrapper started (adb, ssh)
