@@ -104,7 +104,7 @@ def test_command_platform_end_to_end_through_the_stand_in(tiny):
 def test_example_file_is_valid_and_runnable_from_the_repository(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_params(EXAMPLE, FAST).platform
-    assert cfg.name == "command" and "{onnx}" in cfg.options.argv
+    assert cfg.name == "command" and "{model}" in cfg.options.argv
     platform = make_platform(cfg)
     # a layer large enough that its cost clearly exceeds the graph boundary subtracted from it (a
     # 1->8 conv came out at the 0 floor once, when the boundary's separate runs were noisy)
@@ -318,11 +318,10 @@ def test_interleaved_batch_on_the_cpu_orders_networks_by_size(tiny):
 
 
 def _grid(model, ratio):
-    from netadapt_core.lut import min_channels
+    from netadapt_core.lut import GroupGrid
     from netadapt_core.surgery import prunable_groups
 
-    return {g.id: {"original": g.channels, "min": min_channels(g.channels, ratio), "step": 8}
-            for g in prunable_groups(model, SHAPE)}
+    return {g.id: GroupGrid.of(g.channels, 8, ratio) for g in prunable_groups(model, SHAPE)}
 
 
 def test_executorch_lowers_a_network_once_however_often_it_is_timed(tiny, monkeypatch):
