@@ -179,15 +179,13 @@ class CommandPlatform(OnnxGraphPlatform):
             meta.pop("onnx_opset")
         return meta
 
-    def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int,
-             cold_weights: bool = False, probe: bool = False) -> list[Measurement]:
+    def _export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        """An ONNX model, or with ``platform.command.format: pte`` an ExecuTorch program."""
         if self.options.format == "onnx":
-            return super()._run(modules, input_shape, repeats, cold_weights, probe)
+            return super()._export(module, shape)
         from .executorch_cpu import lower_to_executorch
 
-        shape = (self.cfg.batch_size, *input_shape[1:])
-        programs = [lower_to_executorch(m, shape, self.options.pte_backend) for m in modules]
-        return self._time_graphs(programs, shape, repeats, cold_weights, probe)
+        return lower_to_executorch(module, shape, self.options.pte_backend)
 
     def environment(self) -> dict[str, Any]:
         return {**super().environment(), "command_timeout_s": self.options.timeout_s}

@@ -61,12 +61,15 @@ class OnnxGraphPlatform(GraphPlatform):
                      cold_weights: bool, probe: bool = False) -> list[Measurement]:
         raise NotImplementedError
 
+    def _export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        """``module`` as the file the runtime times (an ONNX model here)."""
+        return export_onnx(module, shape, self.options.onnx_opset)
+
     def _run(self, modules: list[nn.Module], input_shape: tuple[int, ...], repeats: int,
              cold_weights: bool = False, probe: bool = False) -> list[Measurement]:
         """Time ``modules`` as graphs; ``probe``: a pair of one-layer graphs (shorter interleaved blocks)."""
         shape = (self.cfg.batch_size, *input_shape[1:])
-        graphs = [export_onnx(m, shape, self.options.onnx_opset) for m in modules]
-        return self._time_graphs(graphs, shape, repeats, cold_weights, probe)
+        return self._time_graphs([self._export(m, shape) for m in modules], shape, repeats, cold_weights, probe)
 
     def metadata(self) -> dict[str, Any]:
         # the exporter (torch) and opset shape the graph; entries timed another way do not compare
